@@ -1,0 +1,101 @@
+"""Flask application factory.
+
+Gunicorn serves `src.api.app:application` (or `src.api.app:get_app()`);
+each worker process builds its own app, model manager and engines after the
+fork, because native scheduler threads do not survive a fork.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..core.exceptions import ServiceError
+from ..core.inference_engine import EngineOptions
+from ..core.model_catalog import ModelCatalog
+from ..core.model_manager import ModelManager
+from ..engines.registry import get_engine_class
+from ..utils.config import Settings, get_settings
+from ..utils.logger import logger, setup_logging
+from ..utils.platform_detector import choose_engine, detect_platform
+from .middleware import request_id
+from .routes import management, openai_compat
+
+_HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
+                     405: ("method_not_allowed", "invalid_request_error"),
+                     413: ("payload_too_large", "invalid_request_error")}
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(context_size=settings.context_size,
+                         parallel_sequences=settings.max_batch_size,
+                         threads=settings.max_cpu_threads,
+                         gpu_memory_fraction=settings.max_gpu_memory,
+                         chat_template=settings.chat_template)
+
+
+def build_model_manager(settings: Settings) -> ModelManager:
+    choice = choose_engine(detect_platform(), settings.inference_engine, settings.device_type)
+    engine_class = get_engine_class(choice.engine)
+    logger.info("Engine: {} on {} ({})", choice.engine, choice.device, choice.reason)
+    catalog = ModelCatalog(settings.model_dir, settings.default_model)
+    return ModelManager(catalog, engine_class, engine_options(settings),
+                        max_models=settings.max_concurrent_models)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError):
+        return jsonify(exc.to_dict()), exc.status_code, exc.headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code, kind = _HTTP_ERROR_TYPES.get(exc.code or 500, ("http_error", "invalid_request_error"))
+        body = {"error": {"message": exc.description, "type": kind, "param": None, "code": code}}
+        return jsonify(body), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        logger.exception("Unhandled error")
+        body = {"error": {"message": "The server had an error while processing your request.",
+                          "type": "server_error", "param": None, "code": "internal_error"}}
+        return jsonify(body), 500
+
+
+def create_app(settings: Optional[Settings] = None,
+               manager: Optional[ModelManager] = None) -> Flask:
+    settings = settings or get_settings()
+    setup_logging(settings.log_level, settings.logs_path)
+    app = Flask(__name__)
+    app.config.update(SETTINGS=settings, STARTED_AT=time.time(), JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    request_id.install(app)
+    _register_error_handlers(app)
+    app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(management.bp)
+    if manager is None:
+        manager = build_model_manager(settings)
+        manager.start()
+    app.extensions["model_manager"] = manager
+    return app
+
+
+_app: Optional[Flask] = None
+
+
+def get_app() -> Flask:
+    """The process's one app, built on first use."""
+    global _app
+    if _app is None:
+        _app = create_app()
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    # `application` is built lazily, so importing this module starts nothing.
+    if name == "application":
+        return get_app()
+    raise AttributeError(name)

@@ -1,0 +1,429 @@
+"""llama.cpp engine, driven through llama-cpp-python's low-level API.
+
+The high-level `Llama` class generates one request at a time and its
+`create_completion` can run past `max_tokens` on a UTF-8 character split
+across tokens, so this engine runs its own token loop: one scheduler in a
+native thread that decodes every running sequence in one `llama_decode`
+call per step (each request is its own `seq_id`), feeds prompts in bounded
+chunks, samples with numpy and hands each request its text.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from loguru import logger
+
+import llama_cpp as _lib
+
+from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
+from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
+                               ModelLoadError, ServiceUnavailableError)
+from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
+                                     GenerationRequest, InferenceEngine, RequestStream,
+                                     SamplingParams, Usage)
+from ..core.text_stream import IncrementalText
+from .chat_template import ChatTemplate
+
+_backend_ready = False
+_LOG_LEVELS = {3: "WARNING", 4: "ERROR"}  # ggml_log_level: 2 is INFO, 5 continues a line
+
+
+@_lib.llama_log_callback
+def _forward_native_log(level: int, text: bytes, _user_data: Any) -> None:
+    # llama.cpp is chatty at INFO; keep its warnings and errors only.
+    if level in _LOG_LEVELS and text:
+        logger.log(_LOG_LEVELS[level], "llama.cpp: {}", text.decode("utf-8", "replace").rstrip())
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        _lib.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
+        _lib.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    stream: RequestStream
+    seq_id: int
+    max_tokens: int
+    prompt_left: list[int]
+    text: IncrementalText
+    rng: np.random.Generator
+    n_past: int = 0
+    generated: list[int] = field(default_factory=list)
+    logits_index: int = -1  # row of this step's logits that belongs to us
+    token_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def prefilling(self) -> bool:
+        return bool(self.prompt_left)
+
+
+class LlamaCppEngine(InferenceEngine):
+    name = "llama_cpp"
+
+    def __init__(self, model_id: str, options=None):
+        super().__init__(model_id, options)
+        self._state = "unloaded"
+        self._path = ""
+        self._model = None
+        self._ctx = None
+        self._vocab = None
+        self._batch = None
+        self._n_vocab = 0
+        self._n_ctx_seq = 0
+        self._template: Optional[ChatTemplate] = None
+        self._bos_text = ""
+        self._add_bos = False
+        self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
+        self._aborts: deque[str] = deque()
+        self._active: dict[str, _Sequence] = {}
+        self._free_seq_ids: list[int] = []
+        self._wakeup = NativeWakeup()
+        self._exited = allocate_native_lock()
+        self._stopping = False
+        self._loaded_at: Optional[float] = None
+        self._tokens_generated = 0
+        self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens) per step
+
+    # lifecycle -----------------------------------------------------------
+    def load(self, model_path: str) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelLoadError(f"Model file not found: {path}")
+        self._state, self._path = "loading", str(path)
+        _init_backend()
+        opts = self.options
+        model_params = _lib.llama_model_default_params()
+        model = _lib.llama_model_load_from_file(str(path).encode(), model_params)
+        if not model:
+            self._state = "failed"
+            raise ModelLoadError(f"llama.cpp could not load {path.name} (not a valid GGUF model?)")
+        n_ctx_train = _lib.llama_model_n_ctx_train(model)
+        per_seq = min(opts.context_size or n_ctx_train, n_ctx_train)
+        n_seq = opts.parallel_sequences
+        threads = opts.threads or _physical_cores()
+        ctx_params = _lib.llama_context_default_params()
+        ctx_params.n_ctx = per_seq * n_seq
+        ctx_params.n_batch = opts.batch_tokens
+        ctx_params.n_ubatch = opts.batch_tokens
+        ctx_params.n_seq_max = n_seq
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        ctx_params.kv_unified = False  # each sequence owns n_ctx / n_seq cells
+        ctx_params.no_perf = True
+        ctx = _lib.llama_init_from_model(model, ctx_params)
+        if not ctx:
+            _lib.llama_model_free(model)
+            self._state = "failed"
+            raise ModelLoadError(f"llama.cpp could not create a context for {path.name} "
+                                 f"({per_seq} tokens x {n_seq} sequences): out of memory?")
+        self._model, self._ctx = model, ctx
+        self._vocab = _lib.llama_model_get_vocab(model)
+        self._n_vocab = _lib.llama_vocab_n_tokens(self._vocab)
+        self._n_ctx_seq = _lib.llama_n_ctx_seq(ctx)
+        self._memory = _lib.llama_get_memory(ctx)
+        self._batch = _lib.llama_batch_init(opts.batch_tokens, 0, 1)
+        self._free_seq_ids = list(range(n_seq))
+        self._add_bos = bool(_lib.llama_vocab_get_add_bos(self._vocab))
+        self._template = self._load_template(model)
+        self._stopping = False
+        self._exited.acquire()
+        start_native_thread(self._run)
+        self._loaded_at = time.time()
+        self._state = "ready"
+        logger.info("Loaded {} with llama.cpp: {} tokens x {} sequences, {} threads, chat template: {}",
+                    self.model_id, self._n_ctx_seq, n_seq, threads,
+                    "yes" if self._template else "no")
+
+    def unload(self) -> None:
+        if self._ctx is None:
+            return
+        self._state = "unloading"
+        self._stopping = True
+        self._wakeup.notify()
+        self._exited.acquire()  # the scheduler has failed every request and stopped
+        self._exited.release()
+        _lib.llama_batch_free(self._batch)
+        _lib.llama_free(self._ctx)
+        _lib.llama_model_free(self._model)
+        self._ctx = self._model = self._batch = self._vocab = None
+        self._state = "unloaded"
+        logger.info("Unloaded {}", self.model_id)
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            model_id=self.model_id, engine=self.name, path=self._path, state=self._state,
+            context_length=self._n_ctx_seq, parallel_sequences=self.options.parallel_sequences,
+            requests_running=len(self._active), requests_waiting=len(self._pending),
+            memory_bytes=_lib.llama_model_size(self._model) if self._model else 0,
+            tokens_generated=self._tokens_generated, tokens_per_second=self._recent_rate(),
+            loaded_at=self._loaded_at)
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(chat_template=self._template is not None)
+
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx_seq
+
+    # text ----------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        buf = (_lib.llama_token * size)()
+        n = _lib.llama_tokenize(self._vocab, data, len(data), buf, size, add_special, True)
+        if n < 0:  # cannot happen for byte-level vocabularies, but be exact
+            size = -n
+            buf = (_lib.llama_token * size)()
+            n = _lib.llama_tokenize(self._vocab, data, len(data), buf, size, add_special, True)
+        return list(buf[:n])
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
+        if self._template is None:
+            raise InvalidRequestError(
+                f"Model '{self.model_id}' has no chat template, so it cannot serve "
+                f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
+                param="model")
+        prompt = self._template.render(messages, tools=tools,
+                                       add_generation_prompt=add_generation_prompt)
+        # tokenize() adds BOS itself where the model wants one: don't add it twice
+        if self._add_bos and self._bos_text and prompt.startswith(self._bos_text):
+            prompt = prompt[len(self._bos_text):]
+        return prompt
+
+    # generation ------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        if self._state != "ready":
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
+        n_prompt = len(request.prompt_tokens)
+        if n_prompt == 0:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        wanted = n_prompt + (request.max_tokens or 1)
+        if wanted > self._n_ctx_seq:
+            raise ContextLengthExceededError(self._n_ctx_seq, wanted)
+        for token in request.sampling.logit_bias:
+            if not 0 <= token < self._n_vocab:
+                raise InvalidRequestError(f"logit_bias names token {token}, outside this "
+                                          f"model's vocabulary (0..{self._n_vocab - 1}).",
+                                          param="logit_bias")
+        stream = RequestStream(request.request_id, self.abort)
+        self._pending.append((request, stream))
+        self._wakeup.notify()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        self._aborts.append(request_id)
+        self._wakeup.notify()
+
+    # the scheduler (native thread) ----------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._apply_aborts()
+                self._admit()
+                if not self._active:
+                    self._wakeup.wait(0.5)
+                    continue
+                self._step()
+        except Exception as exc:  # a bug must end requests, not hang them
+            logger.exception("Scheduler of {} failed", self.model_id)
+            self._fail_all(EngineError(f"The engine failed: {exc}"))
+            self._state = "failed"
+        finally:
+            self._fail_all(ServiceUnavailableError(f"Model '{self.model_id}' was unloaded."))
+            self._exited.release()
+
+    def _admit(self) -> None:
+        while self._pending and self._free_seq_ids:
+            request, stream = self._pending.popleft()
+            if stream.finished:
+                continue
+            seq_id = self._free_seq_ids.pop()
+            limit = self._n_ctx_seq - len(request.prompt_tokens)
+            self._active[request.request_id] = _Sequence(
+                request=request, stream=stream, seq_id=seq_id,
+                max_tokens=min(request.max_tokens or limit, limit),
+                prompt_left=list(request.prompt_tokens), text=IncrementalText(request.stop),
+                rng=np.random.default_rng(request.sampling.seed))
+
+    def _apply_aborts(self) -> None:
+        while self._aborts:
+            seq = self._active.pop(self._aborts.popleft(), None)
+            if seq is not None:
+                self._release(seq)
+
+    def _release(self, seq: _Sequence) -> None:
+        _lib.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        self._free_seq_ids.append(seq.seq_id)
+
+    def _step(self) -> None:
+        batch, budget = self._batch, self.options.batch_tokens
+        n = 0
+        seqs = list(self._active.values())
+        # running sequences first (one token each), then prompt chunks in the room left
+        for seq in sorted(seqs, key=lambda s: s.prefilling):
+            if n >= budget:
+                seq.logits_index = -1
+                continue
+            if seq.prefilling:
+                chunk = seq.prompt_left[: budget - n]
+                del seq.prompt_left[: len(chunk)]
+            else:
+                chunk = [seq.generated[-1]]
+            for i, token in enumerate(chunk):
+                batch.token[n] = token
+                batch.pos[n] = seq.n_past + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq.seq_id
+                batch.logits[n] = 0
+                n += 1
+            seq.n_past += len(chunk)
+            if seq.prefilling:
+                seq.logits_index = -1
+            else:
+                batch.logits[n - 1] = 1
+                seq.logits_index = n - 1
+        batch.n_tokens = n
+        rc = _lib.llama_decode(self._ctx, batch)
+        if rc != 0:
+            error = EngineError(f"llama_decode failed with code {rc}")
+            for seq in seqs:
+                self._finish(seq, error=error)
+            return
+        produced = 0
+        for seq in seqs:
+            if seq.logits_index >= 0 and not seq.stream.finished:
+                self._accept(seq, self._sample(seq))
+                produced += 1
+        self._tokens_generated += produced
+        self._recent.append((time.monotonic(), produced))
+
+    def _sample(self, seq: _Sequence) -> int:
+        ptr = _lib.llama_get_logits_ith(self._ctx, seq.logits_index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return sample_token(logits, seq.request.sampling, seq.token_counts, seq.rng)
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        seq.generated.append(token)
+        seq.token_counts[token] = seq.token_counts.get(token, 0) + 1
+        if _lib.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, text=seq.text.finish(), reason="stop")
+            return
+        text = seq.text.feed(self._piece(token))
+        if seq.text.stopped:
+            self._finish(seq, text=text, reason="stop")
+        elif len(seq.generated) >= seq.max_tokens:
+            self._finish(seq, text=text + seq.text.finish(),
+                         reason="stop" if seq.text.stopped else "length")
+        else:
+            seq.stream.push(GenerationDelta(text=text, token_count=1))
+
+    def _finish(self, seq: _Sequence, text: str = "", reason: Optional[str] = None,
+                error=None) -> None:
+        self._active.pop(seq.request.request_id, None)
+        self._release(seq)
+        usage = Usage(prompt_tokens=len(seq.request.prompt_tokens),
+                      completion_tokens=len(seq.generated))
+        seq.stream.push(GenerationDelta(text=text, token_count=1 if seq.generated else 0,
+                                        finish_reason=reason, usage=usage, error=error))
+
+    def _fail_all(self, error) -> None:
+        for seq in list(self._active.values()):
+            self._finish(seq, error=error)
+        while self._pending:
+            _, stream = self._pending.popleft()
+            stream.push(GenerationDelta(error=error))
+
+    # helpers -------------------------------------------------------------
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = _lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = _lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(256)
+        n = _lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def _load_template(self, model) -> Optional[ChatTemplate]:
+        source = _lib.llama_model_chat_template(model, None)
+        text = source.decode("utf-8", "replace") if source else self.options.chat_template
+        if not text:
+            return None
+        self._bos_text = self._special_text(_lib.llama_vocab_bos(self._vocab))
+        eos = self._special_text(_lib.llama_vocab_eos(self._vocab))
+        try:
+            return ChatTemplate(text, bos_token=self._bos_text, eos_token=eos)
+        except ValueError as exc:
+            logger.warning("Model {} has an unusable chat template: {}", self.model_id, exc)
+            return None
+
+    def _recent_rate(self) -> float:
+        if len(self._recent) < 2:
+            return 0.0
+        span = self._recent[-1][0] - self._recent[0][0]
+        tokens = sum(n for _, n in itertools.islice(self._recent, 1, None))
+        return round(tokens / span, 2) if span > 0 else 0.0
+
+
+def sample_token(logits: np.ndarray, params: SamplingParams, counts: dict[int, int],
+                 rng: np.random.Generator) -> int:
+    """Pick the next token from raw logits, as OpenAI's parameters ask."""
+    if params.logit_bias or counts and (params.frequency_penalty or params.presence_penalty
+                                        or params.repetition_penalty != 1.0):
+        logits = logits.copy()
+        for token, bias in params.logit_bias.items():
+            logits[token] += bias
+        if counts:
+            ids = np.fromiter(counts.keys(), dtype=np.int64)
+            if params.repetition_penalty != 1.0:
+                seen = logits[ids]
+                logits[ids] = np.where(seen > 0, seen / params.repetition_penalty,
+                                       seen * params.repetition_penalty)
+            freq = np.fromiter(counts.values(), dtype=np.float32)
+            logits[ids] -= freq * params.frequency_penalty + params.presence_penalty
+    if params.greedy:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / params.temperature
+    if 0 < params.top_k < scaled.size:
+        candidates = np.argpartition(-scaled, params.top_k)[: params.top_k]
+    else:
+        candidates = np.arange(scaled.size)
+    values = scaled[candidates]
+    probs = np.exp(values - values.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    candidates, probs = candidates[order], probs[order]
+    keep = probs.size
+    if params.min_p > 0:
+        keep = min(keep, int(np.count_nonzero(probs >= params.min_p * probs[0])))
+    if params.top_p < 1.0:
+        keep = min(keep, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
+    candidates, probs = candidates[:keep], probs[:keep]
+    return int(candidates[rng.choice(keep, p=probs / probs.sum())])
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or 1

@@ -1,0 +1,110 @@
+"""The one Settings object: read once from the environment and `.env`.
+
+No other module reads `os.environ`; they call `get_settings()`.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseModel):
+    """Every variable the README documents, with its default.
+
+    Field names are the environment variable names in lower case.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    # Service
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    # One worker by default: each worker process loads its own copy of every
+    # model and batches only its own requests.
+    workers: int = Field(1, ge=1)
+    worker_timeout: int = Field(300, ge=1)
+
+    # Engine and device
+    inference_engine: Literal["auto", "llama_cpp", "vllm", "mlx"] = "auto"
+    device_type: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_gpu_memory: float = Field(0.8, gt=0, le=1)
+    max_cpu_threads: int = Field(0, ge=0)  # 0: all physical cores
+
+    # Models
+    default_model: str = "SmolLM2-135M-Instruct"
+    model_base_path: Path = Path("./models")
+    max_concurrent_models: int = Field(1, ge=1)
+    context_size: int = Field(4096, ge=0)  # per sequence; 0: the model's training context
+    max_batch_size: int = Field(4, ge=1)  # sequences decoded together per model
+    chat_template: Optional[str] = None  # jinja2 template for models without one
+
+    # Requests
+    max_concurrent_requests: int = Field(100, ge=1)
+    request_timeout: float = Field(300.0, gt=0)
+    default_max_tokens: int = Field(0, ge=0)  # 0: up to the context's end
+
+    # Logs
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_dir: Path = Path("./logs")
+
+    @field_validator("inference_engine", "device_type", mode="before")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Optional[str]) -> Optional[str]:
+        return value or None
+
+    def resolve(self, path: Path) -> Path:
+        """A configured relative path is relative to the project root."""
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    @property
+    def model_dir(self) -> Path:
+        return self.resolve(self.model_base_path)
+
+    @property
+    def logs_path(self) -> Path:
+        return self.resolve(self.log_dir)
+
+
+class ConfigError(ValueError):
+    """A variable has a value the service cannot use."""
+
+
+def load_settings(env_file: Optional[Path] = None) -> Settings:
+    """Build Settings from `.env` (if present) overlaid by the real environment."""
+    env_file = env_file or PROJECT_ROOT / ".env"
+    values: dict[str, str] = {}
+    if env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ)
+    fields = Settings.model_fields
+    data = {key.lower(): value for key, value in values.items() if key.lower() in fields}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(err['loc'][0]).upper()}={data.get(str(err['loc'][0]))!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
