@@ -67,7 +67,8 @@ def check_environment(mode: str) -> list[str]:
     if sys.version_info < (3, 11):
         problems.append(f"Python 3.11 or newer is required (this is {sys.version.split()[0]}).")
     settings = get_settings()
-    choice = choose_engine(detect_platform(), settings.inference_engine, settings.device_type)
+    choice = choose_engine(detect_platform(), settings.inference_engine, settings.device_type,
+                           implemented_engines())
     if not engine_installed(choice.engine):
         problems.append(f"Engine '{choice.engine}' ({choice.reason}) is not installed: "
                         f"{INSTALL_HINTS.get(choice.engine, '')}.")

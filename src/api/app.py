@@ -16,7 +16,7 @@ from ..core.exceptions import ServiceError
 from ..core.inference_engine import EngineOptions
 from ..core.model_catalog import ModelCatalog
 from ..core.model_manager import ModelManager
-from ..engines.registry import get_engine_class
+from ..engines.registry import get_engine_class, implemented_engines
 from ..utils.config import Settings, get_settings
 from ..utils.logger import logger, setup_logging
 from ..utils.platform_detector import choose_engine, detect_platform
@@ -37,7 +37,8 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def build_model_manager(settings: Settings) -> ModelManager:
-    choice = choose_engine(detect_platform(), settings.inference_engine, settings.device_type)
+    choice = choose_engine(detect_platform(), settings.inference_engine, settings.device_type,
+                           implemented_engines())
     engine_class = get_engine_class(choice.engine)
     logger.info("Engine: {} on {} ({})", choice.engine, choice.device, choice.reason)
     catalog = ModelCatalog(settings.model_dir, settings.default_model)

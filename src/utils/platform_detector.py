@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import psutil
 
@@ -139,11 +139,13 @@ def detect_platform() -> PlatformInfo:
 
 
 def choose_engine(info: PlatformInfo, inference_engine: str = "auto",
-                  device_type: str = "auto") -> EngineChoice:
+                  device_type: str = "auto",
+                  usable: Iterable[str] = tuple(ENGINE_MODULES)) -> EngineChoice:
     """INFERENCE_ENGINE wins, then DEVICE_TYPE, then the hardware.
 
     A forced engine is returned as is (the caller checks it is installed);
-    `auto` falls back to llama_cpp when the preferred engine is missing.
+    `auto` falls back to llama_cpp when the preferred engine is missing or
+    not in `usable` (the engines this version implements).
     """
     if inference_engine != "auto":
         device = {"vllm": "cuda", "mlx": "mps"}.get(inference_engine, "cpu")
@@ -158,10 +160,11 @@ def choose_engine(info: PlatformInfo, inference_engine: str = "auto",
         preferred, device, why = "mlx", "mps", "Apple Silicon"
     else:
         return EngineChoice("llama_cpp", "cpu", "no CUDA GPU or Apple Silicon: CPU engine", False)
-    if info.engines_installed.get(preferred):
+    if info.engines_installed.get(preferred) and preferred in set(usable):
         return EngineChoice(preferred, device, why, False)
-    return EngineChoice("llama_cpp", "cpu",
-                        f"{why}, but {ENGINE_MODULES[preferred]} is not installed: CPU engine", False)
+    missing = "is not installed" if not info.engines_installed.get(preferred) else \
+        "is not supported by this version"
+    return EngineChoice("llama_cpp", "cpu", f"{why}, but {preferred} {missing}: CPU engine", False)
 
 
 def format_report(info: PlatformInfo, choice: EngineChoice) -> str:

@@ -1,0 +1,113 @@
+"""Fixtures: the tiny generated model, and real servers started with run.py."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from tests.tiny_model import write_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A MODEL_BASE_PATH with two tiny models: one with a chat template, one without."""
+    folder = tmp_path_factory.mktemp("models")
+    write_tiny_model(folder / "tiny-chat.gguf")
+    write_tiny_model(folder / "tiny-base.gguf", chat_template=False, seed=99)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_dir) -> Path:
+    return model_dir / "tiny-chat.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, **kwargs):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key="test-key", max_retries=0, **kwargs)
+
+
+def start_server(tmp_path: Path, env: dict[str, str], mode: str = "prod",
+                 ready_timeout: float = 120.0) -> Server:
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port),
+                "LOG_DIR": str(tmp_path / "logs"), "MAX_CPU_THREADS": "1",
+                "MODEL_BASE_PATH": str(tmp_path / "no-models"), **env}
+    log = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--mode", mode],
+                               cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"server not healthy after {ready_timeout}s:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory, model_dir, tiny_model) -> Iterator[Server]:
+    """Gunicorn + gevent serving the tiny model by default, the other on demand."""
+    tmp = tmp_path_factory.mktemp("tiny-server")
+    server = start_server(tmp, {"DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(model_dir),
+                                "MAX_CONCURRENT_MODELS": "2"})
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def smollm_server(tmp_path_factory) -> Iterator[Server]:
+    """Gunicorn + gevent serving the real bundled default model."""
+    tmp = tmp_path_factory.mktemp("smollm-server")
+    server = start_server(tmp, {"DEFAULT_MODEL": "SmolLM2-135M-Instruct"})
+    yield server
+    stop_server(server)

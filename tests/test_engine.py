@@ -1,0 +1,91 @@
+"""The llama.cpp engine driven directly (no server) on the tiny model."""
+from __future__ import annotations
+
+import pytest
+
+from src.core.exceptions import ContextLengthExceededError, InvalidRequestError
+from src.core.inference_engine import EngineOptions, GenerationRequest, SamplingParams
+from src.engines.llamacpp_engine import LlamaCppEngine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    eng = LlamaCppEngine("tiny", EngineOptions(context_size=256, parallel_sequences=4, threads=1))
+    eng.load(str(tiny_model))
+    yield eng
+    eng.unload()
+
+
+def run(engine, tokens, **kwargs):
+    sampling = kwargs.pop("sampling", SamplingParams(temperature=0))
+    rid = kwargs.pop("rid", "r")
+    stream = engine.submit(GenerationRequest(rid, tokens, sampling=sampling, **kwargs))
+    deltas = list(stream.iter_deltas())
+    return "".join(d.text for d in deltas), deltas[-1]
+
+
+def test_context_is_per_sequence(engine):
+    assert engine.context_length == 256
+    assert engine.status().parallel_sequences == 4
+
+
+def test_max_tokens_exact_even_inside_a_multibyte_character(engine):
+    lead_byte = 0xC3  # byte tokens have the byte's value as id in the tiny vocabulary
+    sampling = SamplingParams(temperature=0, logit_bias={lead_byte: 100.0})
+    text, last = run(engine, engine.tokenize("ab"), max_tokens=5, sampling=sampling)
+    assert last.usage.completion_tokens == 5 and last.finish_reason == "length"
+    assert text == "\ufffd" * 5  # five lone lead bytes, none lost, none added
+
+
+def test_greedy_is_deterministic_and_counts_tokens(engine):
+    tokens = engine.tokenize("hello there")
+    one, last = run(engine, tokens, max_tokens=30)
+    two, _ = run(engine, tokens, max_tokens=30)
+    assert one == two and last.usage.prompt_tokens == len(tokens)
+
+
+def test_prompt_chunking_gives_the_same_result(tiny_model):
+    small = LlamaCppEngine("tiny-small-batch", EngineOptions(context_size=256, parallel_sequences=2,
+                                                             threads=1, batch_tokens=8))
+    small.load(str(tiny_model))
+    try:
+        tokens = small.tokenize("a prompt longer than eight tokens, fed in chunks")
+        chunked, _ = run(small, tokens, max_tokens=20)
+    finally:
+        small.unload()
+    big = LlamaCppEngine("tiny-big-batch", EngineOptions(context_size=256, parallel_sequences=2,
+                                                         threads=1))
+    big.load(str(tiny_model))
+    try:
+        whole, _ = run(big, tokens, max_tokens=20)
+    finally:
+        big.unload()
+    assert chunked == whole
+
+
+def test_context_length_checked_at_submit(engine):
+    with pytest.raises(ContextLengthExceededError) as err:
+        engine.submit(GenerationRequest("long", [65] * 250, max_tokens=10))
+    assert "256" in err.value.message and "260" in err.value.message
+
+
+def test_logit_bias_outside_vocabulary_rejected(engine):
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest("b", [65], max_tokens=1,
+                                        sampling=SamplingParams(logit_bias={10**6: 1.0})))
+
+
+def test_abort_frees_the_slot(engine):
+    streams = [engine.submit(GenerationRequest(f"a{i}", [65, 66], max_tokens=200))
+               for i in range(4)]
+    for s in streams:
+        s.close()  # client gone: aborts
+    text, last = run(engine, [65, 66], max_tokens=3, rid="after")
+    assert last.finish_reason == "length"
+    assert engine.status().requests_running == 0
+
+
+def test_render_chat_uses_the_model_template(engine):
+    prompt = engine.render_chat([{"role": "user", "content": "hi"}])
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert engine.detokenize(engine.tokenize("hi there")) == "hi there"

@@ -1,0 +1,199 @@
+"""The OpenAI API end to end: real Gunicorn + gevent server, the tiny model,
+the official openai SDK."""
+from __future__ import annotations
+
+import threading
+import time
+
+import openai
+import pytest
+import requests
+
+CHAT = [{"role": "user", "content": "Say something."}]
+
+
+def stream_chat(client, **kwargs):
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return chunks, text
+
+
+def test_list_and_retrieve_models(tiny_server):
+    client = tiny_server.client()
+    ids = [m.id for m in client.models.list().data]
+    assert "tiny-chat" in ids and "tiny-base" in ids
+    model = client.models.retrieve("tiny-chat")
+    assert model.id == "tiny-chat" and model.object == "model" and model.created > 0
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found"
+
+
+def test_chat_completion_shape_and_usage(tiny_server):
+    client = tiny_server.client()
+    resp = client.chat.completions.create(model="tiny-chat", messages=CHAT, max_tokens=12,
+                                          temperature=0)
+    assert resp.object == "chat.completion"
+    assert resp.id.startswith("chatcmpl-")
+    assert resp.model == "tiny-chat"
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "length"
+    assert resp.usage.completion_tokens == 12
+    # the prompt is the ChatML rendering, tokenized byte by byte (no merges apply)
+    rendered = "<|im_start|>user\nSay something.<|im_end|>\n<|im_start|>assistant\n"
+    n_special = 3
+    assert resp.usage.prompt_tokens == len(rendered.encode()) - len("<|im_start|>") * 2 \
+        - len("<|im_end|>") + n_special
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 12
+
+
+def test_stream_equals_non_stream_at_temperature_zero(tiny_server):
+    client = tiny_server.client()
+    args = dict(model="tiny-chat", messages=CHAT, max_tokens=40, temperature=0)
+    full = client.chat.completions.create(**args).choices[0].message.content
+    chunks, streamed = stream_chat(client, stream_options={"include_usage": True}, **args)
+    assert streamed == full and len(full) > 0
+    ids = {c.id for c in chunks}
+    assert len(ids) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 40
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_completions_stream_and_not(tiny_server):
+    client = tiny_server.client()
+    args = dict(model="tiny-base", prompt="Once upon a mouse", max_tokens=20, temperature=0)
+    resp = client.completions.create(**args)
+    assert resp.object == "text_completion" and resp.choices[0].finish_reason == "length"
+    assert resp.usage.prompt_tokens == len("Once upon a mouse".encode())  # no merge applies
+    assert resp.usage.completion_tokens == 20
+    chunks = list(client.completions.create(stream=True, **args))
+    assert "".join(c.choices[0].text for c in chunks) == resp.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_completion_default_max_tokens_and_prompt_list(tiny_server):
+    client = tiny_server.client()
+    resp = client.completions.create(model="tiny-base", prompt=["ab", "cd"], temperature=0)
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert resp.usage.completion_tokens == 32  # OpenAI's default of 16 each
+    single = client.completions.create(model="tiny-base", prompt="cd", temperature=0)
+    assert single.choices[0].text == resp.choices[1].text
+
+
+def test_max_completion_tokens_alias(tiny_server):
+    resp = tiny_server.client().chat.completions.create(
+        model="tiny-chat", messages=CHAT, max_completion_tokens=7, temperature=0)
+    assert resp.usage.completion_tokens == 7 and resp.choices[0].finish_reason == "length"
+
+
+def test_stop_strings_across_tokens(tiny_server):
+    client = tiny_server.client()
+    args = dict(model="tiny-chat", messages=CHAT, temperature=0, max_tokens=60)
+    full = client.chat.completions.create(**args).choices[0].message.content
+    printable = [i for i in range(10, len(full) - 3) if full[i:i + 3].isprintable()
+                 and "\ufffd" not in full[i:i + 3]]
+    assert printable, f"no plain 3-character span in {full!r}"
+    start = printable[0]
+    stop = full[start:start + 3]  # three characters: three byte tokens at least
+    first = full.index(stop)
+    resp = client.chat.completions.create(stop=[stop, "never-produced-xyz"], **args)
+    assert resp.choices[0].message.content == full[:first]
+    assert resp.choices[0].finish_reason == "stop"
+    _, streamed = stream_chat(client, stop=stop, **args)
+    assert streamed == full[:first]
+
+
+def test_seed_reproducible(tiny_server):
+    client = tiny_server.client()
+    args = dict(model="tiny-chat", messages=CHAT, temperature=1.0, max_tokens=30, seed=42)
+    one = client.chat.completions.create(**args).choices[0].message.content
+    two = client.chat.completions.create(**args).choices[0].message.content
+    other = client.chat.completions.create(**{**args, "seed": 7}).choices[0].message.content
+    assert one == two
+    assert one != other
+
+
+def test_chat_without_template_is_400_and_completion_works(tiny_server):
+    client = tiny_server.client()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny-base", messages=CHAT, max_tokens=5)
+    assert "chat template" in err.value.body["message"]
+    assert client.completions.create(model="tiny-base", prompt="x", max_tokens=3).choices
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"model": "nope", "messages": CHAT}, 404, "does not exist"),
+    ({"model": "tiny-chat"}, 400, "messages"),
+    ({"model": "tiny-chat", "messages": "hello"}, 400, "messages"),
+    ({"model": "tiny-chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
+    ({"model": "tiny-chat", "messages": CHAT, "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": "tiny-chat", "messages": CHAT, "temperature": "hot"}, 400, "temperature"),
+    ({"model": "tiny-chat", "messages": CHAT, "max_tokens": 100000}, 400,
+     "maximum context length is 512 tokens"),
+])
+def test_bad_requests_get_openai_errors(tiny_server, body, status, fragment):
+    r = requests.post(f"{tiny_server.base_url}/chat/completions", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"] or fragment == error["param"]
+
+
+def test_malformed_json_and_unknown_route(tiny_server):
+    r = requests.post(f"{tiny_server.base_url}/chat/completions", data="{not json",
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = requests.get(f"{tiny_server.base_url}/nothing-here", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_context_length_error_names_both_numbers(tiny_server):
+    client = tiny_server.client()
+    long_prompt = "x" * 600  # 600 byte tokens > 512
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-base", prompt=long_prompt, max_tokens=5)
+    message = err.value.body["message"]
+    assert "maximum context length is 512 tokens" in message and "605" in message
+    assert err.value.body["code"] == "context_length_exceeded"
+    # and the server keeps serving
+    assert client.completions.create(model="tiny-base", prompt="x", max_tokens=2).choices
+
+
+def test_unknown_fields_are_ignored(tiny_server):
+    r = requests.post(f"{tiny_server.base_url}/chat/completions", timeout=30, json={
+        "model": "tiny-chat", "messages": CHAT, "max_tokens": 3, "user": "u1",
+        "some_future_field": {"a": 1}, "parallel_tool_calls": False})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_two_streams_interleave(tiny_server):
+    client = tiny_server.client()
+    arrivals: dict[str, list[float]] = {"a": [], "b": []}
+
+    def consume(name: str, seed: int) -> None:
+        for chunk in client.chat.completions.create(
+                model="tiny-chat", messages=[{"role": "user", "content": name}], stream=True,
+                max_tokens=400, temperature=0.8, seed=seed):
+            arrivals[name].append(time.monotonic())
+
+    threads = [threading.Thread(target=consume, args=(n, s)) for n, s in (("a", 1), ("b", 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    a, b = arrivals["a"], arrivals["b"]
+    assert len(a) > 100 and len(b) > 100
+    # each stream received chunks while the other was still producing
+    assert b[0] < a[-1] and a[0] < b[-1]
+    assert sum(1 for t in b if a[0] < t < a[-1]) > 10
+
+
+def test_health_reports_ready(tiny_server):
+    r = requests.get(f"{tiny_server.url}/health", timeout=5)
+    assert r.status_code == 200
+    assert "tiny-chat" in r.json()["models_ready"]
+    assert r.headers.get("X-Request-ID")

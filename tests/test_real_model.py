@@ -1,0 +1,63 @@
+"""The real bundled default model, SmolLM2-135M-Instruct, under Gunicorn + gevent."""
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def test_default_model_answers(smollm_server):
+    client = smollm_server.client()
+    assert MODEL in [m.id for m in client.models.list().data]
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 2+2?"}],
+        max_tokens=40, temperature=0)
+    answer = resp.choices[0].message.content
+    assert "4" in answer
+    assert resp.choices[0].finish_reason == "stop"  # the model ended its turn itself
+    assert 0 < resp.usage.completion_tokens < 40
+
+
+def test_stream_matches_with_multibyte_text(smollm_server):
+    client = smollm_server.client()
+    args = dict(model=MODEL, temperature=0, max_tokens=12,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+    full = client.chat.completions.create(**args)
+    text = full.choices[0].message.content
+    assert any(ord(ch) > 127 for ch in text) and "\ufffd" not in text
+    assert full.usage.completion_tokens == 12
+    streamed = "".join(c.choices[0].delta.content or ""
+                       for c in client.chat.completions.create(stream=True, **args))
+    assert streamed == text
+
+
+def test_health_stays_fast_while_streams_generate(smollm_server):
+    client = smollm_server.client()
+    done = threading.Event()
+    counts = []
+
+    def consume(prompt: str) -> None:
+        stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=150,
+                                           temperature=0.7, seed=3, stream=True)
+        counts.append(sum(1 for _ in stream))
+
+    workers = [threading.Thread(target=consume, args=(p,)) for p in
+               ("The history of the printing press", "A recipe for bread:")]
+    for w in workers:
+        w.start()
+    latencies = []
+    while any(w.is_alive() for w in workers):
+        started = time.monotonic()
+        assert requests.get(f"{smollm_server.url}/health", timeout=10).status_code == 200
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.05)
+    for w in workers:
+        w.join()
+    done.set()
+    assert len(counts) == 2 and min(counts) > 50
+    assert len(latencies) >= 5
+    # a blocked gevent hub would hold /health for the whole generation (seconds)
+    assert max(latencies) < 0.5, latencies
