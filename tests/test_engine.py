@@ -89,3 +89,22 @@ def test_render_chat_uses_the_model_template(engine):
     prompt = engine.render_chat([{"role": "user", "content": "hi"}])
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert engine.detokenize(engine.tokenize("hi there")) == "hi there"
+
+
+def test_full_queue_is_refused_with_retry_after(tiny_model):
+    eng = LlamaCppEngine("tiny-queue", EngineOptions(context_size=256, parallel_sequences=1,
+                                                     threads=1, max_waiting=2))
+    eng.load(str(tiny_model))
+    streams = []
+    try:
+        from src.core.exceptions import ServiceUnavailableError
+
+        with pytest.raises(ServiceUnavailableError) as err:
+            for i in range(10):  # one runs, two wait, the next is refused
+                streams.append(eng.submit(GenerationRequest(f"q{i}", [65], max_tokens=200)))
+        assert err.value.headers["Retry-After"] and err.value.status_code == 503
+        assert 2 <= len(streams) <= 3
+    finally:
+        for s in streams:
+            s.close()
+        eng.unload()

@@ -32,6 +32,7 @@ def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(context_size=settings.context_size,
                          parallel_sequences=settings.max_batch_size,
                          threads=settings.max_cpu_threads,
+                         max_waiting=settings.max_concurrent_requests,
                          gpu_memory_fraction=settings.max_gpu_memory,
                          chat_template=settings.chat_template)
 

@@ -94,6 +94,7 @@ class RequestTimeoutError(ServiceError):
 
 
 class ModelLoadError(ServiceError):
+    status_code = 503
     code = "model_load_failed"
 
 

@@ -79,6 +79,7 @@ class EngineOptions:
     parallel_sequences: int = 4  # sequences decoded together in one step
     threads: int = 0  # 0: all physical cores
     batch_tokens: int = 512  # prompt and decode tokens per scheduler step
+    max_waiting: int = 100  # requests queued for a free sequence; more get a 503
     gpu_memory_fraction: float = 0.8
     chat_template: Optional[str] = None  # used when the model has none
 

@@ -221,6 +221,10 @@ class LlamaCppEngine(InferenceEngine):
                 raise InvalidRequestError(f"logit_bias names token {token}, outside this "
                                           f"model's vocabulary (0..{self._n_vocab - 1}).",
                                           param="logit_bias")
+        if len(self._pending) >= self.options.max_waiting:
+            raise ServiceUnavailableError(
+                f"Model '{self.model_id}' has {len(self._pending)} requests waiting "
+                f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
         stream = RequestStream(request.request_id, self.abort)
         self._pending.append((request, stream))
         self._wakeup.notify()

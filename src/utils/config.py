@@ -48,7 +48,6 @@ class Settings(BaseModel):
     # Requests
     max_concurrent_requests: int = Field(100, ge=1)
     request_timeout: float = Field(300.0, gt=0)
-    default_max_tokens: int = Field(0, ge=0)  # 0: up to the context's end
 
     # Logs
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
