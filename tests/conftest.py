@@ -109,8 +109,9 @@ def tiny_server(tmp_path_factory, model_dir, tiny_model) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def smollm_server(tmp_path_factory) -> Iterator[Server]:
-    """Gunicorn + gevent serving the real bundled default model."""
+    """Gunicorn + gevent serving the real bundled models (SmolLM2 by default)."""
     tmp = tmp_path_factory.mktemp("smollm-server")
-    server = start_server(tmp, {"DEFAULT_MODEL": "SmolLM2-135M-Instruct"})
+    server = start_server(tmp, {"DEFAULT_MODEL": "SmolLM2-135M-Instruct",
+                                "MAX_CONCURRENT_MODELS": "2"})
     yield server
     stop_server(server)

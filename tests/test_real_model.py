@@ -61,3 +61,18 @@ def test_health_stays_fast_while_streams_generate(smollm_server):
     assert len(latencies) >= 5
     # a blocked gevent hub would hold /health for the whole generation (seconds)
     assert max(latencies) < 0.5, latencies
+
+
+def test_gemma_base_model_completes_but_has_no_chat(smollm_server):
+    import openai
+    import pytest
+
+    client = smollm_server.client()
+    resp = client.completions.create(model="gemma-3-270m", prompt="The capital of France is",
+                                     max_tokens=8, temperature=0)
+    assert "Paris" in resp.choices[0].text or "capital" in resp.choices[0].text
+    assert resp.usage.completion_tokens == 8 and resp.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="gemma-3-270m", max_tokens=5,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["code"] == "chat_template_missing"

@@ -198,7 +198,7 @@ class LlamaCppEngine(InferenceEngine):
             raise InvalidRequestError(
                 f"Model '{self.model_id}' has no chat template, so it cannot serve "
                 f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
-                param="model")
+                param="model", code="chat_template_missing")
         prompt = self._template.render(messages, tools=tools,
                                        add_generation_prompt=add_generation_prompt)
         # tokenize() adds BOS itself where the model wants one: don't add it twice
