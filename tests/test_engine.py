@@ -108,3 +108,48 @@ def test_full_queue_is_refused_with_retry_after(tiny_model):
         for s in streams:
             s.close()
         eng.unload()
+
+
+def test_prefix_cache_reuses_a_finished_request(tiny_model):
+    eng = LlamaCppEngine("tiny-cache", EngineOptions(context_size=256, parallel_sequences=1,
+                                                     threads=1))
+    eng.load(str(tiny_model))
+    try:
+        prompt = eng.tokenize("a system prompt shared by both requests, then a question")
+        first, last1 = run(eng, prompt, max_tokens=10, rid="c1")
+        assert last1.usage.cached_tokens == 0
+        again, last2 = run(eng, prompt, max_tokens=10, rid="c2")
+        assert again == first  # the cached KV gives exactly what recomputing gave
+        assert last2.usage.cached_tokens == len(prompt) - 1
+        # a conversation that grows: the earlier prompt is reused
+        grown = prompt + eng.tokenize(" and a follow-up")
+        _, last3 = run(eng, grown, max_tokens=5, rid="c3")
+        assert last3.usage.cached_tokens >= len(prompt)
+        different, last4 = run(eng, eng.tokenize("zzz unrelated"), max_tokens=5, rid="c4")
+        assert last4.usage.cached_tokens == 0
+    finally:
+        eng.unload()
+
+
+def test_batched_greedy_equals_alone(tiny_model):
+    eng = LlamaCppEngine("tiny-batch", EngineOptions(context_size=256, parallel_sequences=4,
+                                                     threads=1, batch_tokens=16))
+    eng.load(str(tiny_model))
+    try:
+        prompts = [eng.tokenize(f"prompt number {i} " * (i + 1)) for i in range(4)]
+        alone = [run(eng, p, max_tokens=40, rid=f"alone{i}")[0] for i, p in enumerate(prompts)]
+        eng_clear = [eng.submit(GenerationRequest(f"warm{i}", [65 + i], max_tokens=1))
+                     for i in range(4)]
+        for s in eng_clear:  # fill every slot with unrelated tokens: no cache hits below
+            list(s.iter_deltas())
+        streams = [eng.submit(GenerationRequest(f"b{i}", p, max_tokens=40,
+                                                sampling=SamplingParams(temperature=0)))
+                   for i, p in enumerate(prompts)]
+        together = []
+        for s in streams:
+            deltas = list(s.iter_deltas())
+            together.append("".join(d.text for d in deltas))
+            assert deltas[-1].usage.completion_tokens == 40
+        assert together == alone
+    finally:
+        eng.unload()

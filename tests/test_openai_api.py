@@ -197,3 +197,16 @@ def test_health_reports_ready(tiny_server):
     assert r.status_code == 200
     assert "tiny-chat" in r.json()["models_ready"]
     assert r.headers.get("X-Request-ID")
+
+
+def test_prefix_cache_hits_are_reported(tiny_server):
+    client = tiny_server.client()
+    messages = [{"role": "system", "content": "A long shared system prompt " * 4},
+                {"role": "user", "content": "first question"}]
+    first = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4,
+                                           temperature=0)
+    second = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4,
+                                            temperature=0)
+    assert second.choices[0].message.content == first.choices[0].message.content
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached == second.usage.prompt_tokens - 1

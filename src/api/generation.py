@@ -42,7 +42,8 @@ def _submit(engine: InferenceEngine, prompts: list[list[int]], req: _SamplingFie
         for i, tokens in enumerate(prompts):
             streams.append(engine.submit(GenerationRequest(
                 request_id=f"{response_id}-{i}", prompt_tokens=tokens,
-                max_tokens=req.max_tokens, sampling=sampling_params(req), stop=req.stop_list)))
+                max_tokens=req.max_tokens, sampling=sampling_params(req), stop=req.stop_list,
+                ignore_eos=req.ignore_eos)))
     except ServiceError:
         for stream in streams:
             stream.close()

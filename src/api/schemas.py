@@ -69,6 +69,7 @@ class _SamplingFields(_Lenient):
     logit_bias: Optional[dict[int, float]] = None
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None

@@ -38,6 +38,7 @@ class GenerationRequest:
     max_tokens: Optional[int] = None  # None: up to the end of the context
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks)
     logprobs: Optional[int] = None
     json_schema: Optional[dict[str, Any]] = None
     grammar: Optional[str] = None

@@ -51,15 +51,26 @@ def _init_backend() -> None:
 
 
 @dataclass
+class _Slot:
+    """One llama.cpp sequence (`seq_id`) and the tokens whose KV it still holds,
+    from position 0: after a request ends its KV stays, so the next request
+    that starts with the same tokens (a system prompt, a growing chat) skips them."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+
+
+@dataclass
 class _Sequence:
     request: GenerationRequest
     stream: RequestStream
-    seq_id: int
+    slot: _Slot
     max_tokens: int
     prompt_left: list[int]
     text: IncrementalText
     rng: np.random.Generator
-    n_past: int = 0
+    n_past: int = 0  # tokens decoded into the KV cache
+    cached_tokens: int = 0  # prompt tokens reused from the slot's cache
     generated: list[int] = field(default_factory=list)
     logits_index: int = -1  # row of this step's logits that belongs to us
     token_counts: dict[int, int] = field(default_factory=dict)
@@ -88,7 +99,7 @@ class LlamaCppEngine(InferenceEngine):
         self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._aborts: deque[str] = deque()
         self._active: dict[str, _Sequence] = {}
-        self._free_seq_ids: list[int] = []
+        self._free_slots: list[_Slot] = []
         self._wakeup = NativeWakeup()
         self._exited = allocate_native_lock()
         self._stopping = False
@@ -134,7 +145,7 @@ class LlamaCppEngine(InferenceEngine):
         self._n_ctx_seq = _lib.llama_n_ctx_seq(ctx)
         self._memory = _lib.llama_get_memory(ctx)
         self._batch = _lib.llama_batch_init(opts.batch_tokens, 0, 1)
-        self._free_seq_ids = list(range(n_seq))
+        self._free_slots = [_Slot(seq_id) for seq_id in range(n_seq)]
         self._add_bos = bool(_lib.llama_vocab_get_add_bos(self._vocab))
         self._template = self._load_template(model)
         self._stopping = False
@@ -253,17 +264,40 @@ class LlamaCppEngine(InferenceEngine):
             self._exited.release()
 
     def _admit(self) -> None:
-        while self._pending and self._free_seq_ids:
+        while self._pending and self._free_slots:
             request, stream = self._pending.popleft()
             if stream.finished:
                 continue
-            seq_id = self._free_seq_ids.pop()
-            limit = self._n_ctx_seq - len(request.prompt_tokens)
+            prompt = request.prompt_tokens
+            slot, reuse = self._take_slot(prompt)
+            limit = self._n_ctx_seq - len(prompt)
             self._active[request.request_id] = _Sequence(
-                request=request, stream=stream, seq_id=seq_id,
+                request=request, stream=stream, slot=slot,
                 max_tokens=min(request.max_tokens or limit, limit),
-                prompt_left=list(request.prompt_tokens), text=IncrementalText(request.stop),
+                prompt_left=list(prompt[reuse:]), n_past=reuse, cached_tokens=reuse,
+                text=IncrementalText(request.stop),
                 rng=np.random.default_rng(request.sampling.seed))
+
+    def _take_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
+        """The free slot whose cached tokens share the longest prefix with
+        `prompt` (else the emptiest), trimmed to that prefix."""
+        def shared(slot: _Slot) -> int:
+            n = 0
+            for a, b in zip(slot.cached, prompt):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        best = max(self._free_slots, key=lambda s: (shared(s), -len(s.cached)))
+        self._free_slots.remove(best)
+        # at least the last prompt token is decoded again: its logits start the output
+        reuse = min(shared(best), len(prompt) - 1)
+        if not _lib.llama_memory_seq_rm(self._memory, best.seq_id, reuse, -1):
+            _lib.llama_memory_seq_rm(self._memory, best.seq_id, -1, -1)
+            reuse = 0
+        best.cached = best.cached[:reuse]
+        return best, reuse
 
     def _apply_aborts(self) -> None:
         while self._aborts:
@@ -271,9 +305,14 @@ class LlamaCppEngine(InferenceEngine):
             if seq is not None:
                 self._release(seq)
 
-    def _release(self, seq: _Sequence) -> None:
-        _lib.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        self._free_seq_ids.append(seq.seq_id)
+    def _release(self, seq: _Sequence, keep_cache: bool = True) -> None:
+        slot = seq.slot
+        if keep_cache:
+            slot.cached = (seq.request.prompt_tokens + seq.generated)[: seq.n_past]
+        else:
+            _lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached = []
+        self._free_slots.append(slot)
 
     def _step(self) -> None:
         batch, budget = self._batch, self.options.batch_tokens
@@ -293,7 +332,7 @@ class LlamaCppEngine(InferenceEngine):
                 batch.token[n] = token
                 batch.pos[n] = seq.n_past + i
                 batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq.seq_id
+                batch.seq_id[n][0] = seq.slot.seq_id
                 batch.logits[n] = 0
                 n += 1
             seq.n_past += len(chunk)
@@ -307,7 +346,7 @@ class LlamaCppEngine(InferenceEngine):
         if rc != 0:
             error = EngineError(f"llama_decode failed with code {rc}")
             for seq in seqs:
-                self._finish(seq, error=error)
+                self._finish(seq, error=error, keep_cache=False)
             return
         produced = 0
         for seq in seqs:
@@ -325,7 +364,7 @@ class LlamaCppEngine(InferenceEngine):
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated.append(token)
         seq.token_counts[token] = seq.token_counts.get(token, 0) + 1
-        if _lib.llama_vocab_is_eog(self._vocab, token):
+        if not seq.request.ignore_eos and _lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, text=seq.text.finish(), reason="stop")
             return
         text = seq.text.feed(self._piece(token))
@@ -338,11 +377,11 @@ class LlamaCppEngine(InferenceEngine):
             seq.stream.push(GenerationDelta(text=text, token_count=1))
 
     def _finish(self, seq: _Sequence, text: str = "", reason: Optional[str] = None,
-                error=None) -> None:
+                error=None, keep_cache: bool = True) -> None:
         self._active.pop(seq.request.request_id, None)
-        self._release(seq)
+        self._release(seq, keep_cache)
         usage = Usage(prompt_tokens=len(seq.request.prompt_tokens),
-                      completion_tokens=len(seq.generated))
+                      completion_tokens=len(seq.generated), cached_tokens=seq.cached_tokens)
         seq.stream.push(GenerationDelta(text=text, token_count=1 if seq.generated else 0,
                                         finish_reason=reason, usage=usage, error=error))
 
