@@ -6,14 +6,15 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
-from ..core.exceptions import ServiceError
+from ..core.exceptions import ClientDisconnectedError, ServiceError
 from ..core.inference_engine import (GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
+DISCONNECT_CHECK_INTERVAL = 0.5  # how often a non-streaming request checks its client
 
 
 @dataclass
@@ -70,10 +71,15 @@ class _Collected:
     usage: Optional[Usage] = None
 
 
-def _collect(stream: RequestStream, deadline: Optional[float]) -> _Collected:
+def _collect(stream: RequestStream, deadline: Optional[float],
+             client_gone: Callable[[], bool]) -> _Collected:
     out = _Collected()
     parts = []
-    for delta in stream.iter_deltas(deadline):
+    for delta in stream.iter_deltas(deadline, idle_interval=DISCONNECT_CHECK_INTERVAL):
+        if delta is None:
+            if client_gone():  # leaving the loop closes the stream: the engine aborts it
+                raise ClientDisconnectedError("The client closed the connection.")
+            continue
         if delta.error is not None:
             raise delta.error
         parts.append(delta.text)
@@ -91,8 +97,9 @@ def _usage_dict(usages: list[Usage]) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": sum(u.cached_tokens for u in usages)}}
 
 
-def chat_response(job: Job, deadline: Optional[float]) -> dict[str, Any]:
-    got = _collect(job.streams[0], deadline)
+def chat_response(job: Job, deadline: Optional[float],
+                  client_gone: Callable[[], bool]) -> dict[str, Any]:
+    got = _collect(job.streams[0], deadline, client_gone)
     return {
         "id": job.response_id, "object": "chat.completion", "created": job.created,
         "model": job.model, "system_fingerprint": None,
@@ -103,8 +110,12 @@ def chat_response(job: Job, deadline: Optional[float]) -> dict[str, Any]:
 
 
 def completion_response(job: Job, prompts_text: list[str], echo: bool,
-                        deadline: Optional[float]) -> dict[str, Any]:
-    results = [_collect(s, deadline) for s in job.streams]
+                        deadline: Optional[float], client_gone: Callable[[], bool]) -> dict[str, Any]:
+    try:
+        results = [_collect(s, deadline, client_gone) for s in job.streams]
+    finally:
+        for stream in job.streams:
+            stream.close()
     choices = [{"index": i, "text": (prompts_text[i] if echo else "") + r.text,
                 "logprobs": None, "finish_reason": r.finish_reason}
                for i, r in enumerate(results)]

@@ -93,6 +93,14 @@ class RequestTimeoutError(ServiceError):
     code = "timeout"
 
 
+class ClientDisconnectedError(ServiceError):
+    """The client went away before its answer was ready (nginx's 499)."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_disconnected"
+
+
 class ModelLoadError(ServiceError):
     status_code = 503
     code = "model_load_failed"

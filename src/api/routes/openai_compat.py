@@ -4,10 +4,11 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from ...core.exceptions import ModelNotFoundError
 from ...core.model_manager import ModelManager
+from ..client_connection import client_disconnected
 from ..generation import (chat_response, chat_stream, completion_response, completion_stream,
                           start_chat, start_completion)
 from ..request_parsing import parse_body
@@ -62,7 +63,7 @@ def chat_completions():
     job = start_chat(engine, req)
     if req.stream:
         return _event_stream(chat_stream(job, deadline, req.include_usage))
-    return jsonify(chat_response(job, deadline))
+    return jsonify(chat_response(job, deadline, client_disconnected(request.environ)))
 
 
 @bp.post("/v1/completions")
@@ -75,4 +76,5 @@ def completions():
     if req.stream:
         return _event_stream(completion_stream(job, prompts, req.echo, deadline,
                                                req.include_usage))
-    return jsonify(completion_response(job, prompts, req.echo, deadline))
+    return jsonify(completion_response(job, prompts, req.echo, deadline,
+                                       client_disconnected(request.environ)))

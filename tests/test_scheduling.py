@@ -1,0 +1,128 @@
+"""Cancellation, back-pressure and time limits on a real server (SmolLM2, one
+sequence at a time, one waiting at most, a 3 s request limit)."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from tests.conftest import start_server, stop_server
+
+MODEL = "SmolLM2-135M-Instruct"
+LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def limits_server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("limits"), {
+        "DEFAULT_MODEL": MODEL, "MAX_BATCH_SIZE": "1", "MAX_CONCURRENT_REQUESTS": "1",
+        "REQUEST_TIMEOUT": "3"})
+    yield server
+    stop_server(server)
+
+
+def running(server) -> tuple[int, int]:
+    status = requests.get(f"{server.base_url}/models/{MODEL}/status", timeout=5).json()
+    return status["requests_running"], status["requests_waiting"]
+
+
+def wait_idle(server, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while running(server) != (0, 0):
+        assert time.monotonic() < deadline, "the request was not aborted"
+        time.sleep(0.05)
+
+
+def raw_post(server, body: dict) -> socket.socket:
+    """Send a request and return the socket without reading the answer."""
+    url = urlparse(server.url)
+    sock = socket.create_connection((url.hostname, url.port))
+    payload = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def test_stream_disconnect_aborts_and_frees_the_slot(limits_server):
+    resp = requests.post(f"{limits_server.base_url}/completions", json={**LONG, "stream": True},
+                         stream=True, timeout=30)
+    lines = resp.iter_lines()
+    for _ in range(6):
+        next(lines)
+    assert running(limits_server)[0] == 1
+    resp.close()
+    wait_idle(limits_server)
+    # the only slot is free again: the next request is served at once
+    answer = requests.post(f"{limits_server.base_url}/completions", timeout=30,
+                           json={**LONG, "max_tokens": 3}).json()
+    assert answer["usage"]["completion_tokens"] == 3
+
+
+def test_non_streaming_disconnect_aborts(limits_server):
+    sock = raw_post(limits_server, LONG)
+    deadline = time.monotonic() + 10
+    while running(limits_server)[0] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sock.close()
+    wait_idle(limits_server)
+
+
+def test_full_queue_answers_503_with_retry_after(limits_server):
+    first = raw_post(limits_server, LONG)  # runs
+    try:
+        deadline = time.monotonic() + 10
+        while running(limits_server)[0] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = raw_post(limits_server, LONG)  # waits
+        try:
+            while running(limits_server)[1] == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            third = requests.post(f"{limits_server.base_url}/completions", json=LONG, timeout=10)
+            assert third.status_code == 503
+            assert int(third.headers["Retry-After"]) >= 1
+            assert third.json()["error"]["type"] == "server_error"
+        finally:
+            second.close()
+    finally:
+        first.close()
+    wait_idle(limits_server)
+
+
+def test_timeout_ends_a_stream_with_an_error_event(limits_server):
+    started = time.monotonic()
+    resp = requests.post(f"{limits_server.base_url}/completions", json={**LONG, "stream": True},
+                         stream=True, timeout=30)
+    events = [line.decode() for line in resp.iter_lines() if line]
+    assert time.monotonic() - started < 20  # 3000 tokens would take far longer
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2][len("data: "):])["error"]
+    assert error["code"] == "timeout" and "REQUEST_TIMEOUT" in error["message"]
+    wait_idle(limits_server)
+
+
+def test_timeout_non_streaming_is_504(limits_server):
+    resp = requests.post(f"{limits_server.base_url}/completions", json=LONG, timeout=30)
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
+    wait_idle(limits_server)
+
+
+def test_health_and_status_answer_under_full_load(limits_server):
+    sockets = [raw_post(limits_server, LONG) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        for _ in range(5):
+            t = time.monotonic()
+            assert requests.get(f"{limits_server.url}/health", timeout=5).status_code == 200
+            assert running(limits_server) == (1, 1)
+            assert time.monotonic() - t < 0.5
+    finally:
+        for s in sockets:
+            s.close()
+    wait_idle(limits_server)
