@@ -153,3 +153,20 @@ def test_batched_greedy_equals_alone(tiny_model):
         assert together == alone
     finally:
         eng.unload()
+
+
+def test_sampling_parameters_take_effect(engine):
+    tokens = engine.tokenize("sampling check")
+    greedy, _ = run(engine, tokens, max_tokens=20, rid="g")
+    top1, _ = run(engine, tokens, max_tokens=20, rid="k1",
+                  sampling=SamplingParams(temperature=1.5, top_k=1, seed=5))
+    assert top1 == greedy  # only the best token survives top_k=1
+    free = {run(engine, tokens, max_tokens=20, rid=f"s{seed}",
+                sampling=SamplingParams(temperature=1.5, seed=seed))[0] for seed in range(3)}
+    assert len(free) == 3  # different seeds, different samples
+    biased = SamplingParams(temperature=0, logit_bias={65: 40.0})  # 65 is "A"
+    plain_a = run(engine, tokens, max_tokens=40, rid="b", sampling=biased)[0].count("A")
+    assert plain_a == 40
+    biased.frequency_penalty = 2.0  # each "A" so far costs 2 more
+    penalised_a = run(engine, tokens, max_tokens=40, rid="p", sampling=biased)[0].count("A")
+    assert 3 < penalised_a < 30

@@ -2,9 +2,6 @@
 the official openai SDK."""
 from __future__ import annotations
 
-import threading
-import time
-
 import openai
 import pytest
 import requests
@@ -168,28 +165,6 @@ def test_unknown_fields_are_ignored(tiny_server):
         "model": "tiny-chat", "messages": CHAT, "max_tokens": 3, "user": "u1",
         "some_future_field": {"a": 1}, "parallel_tool_calls": False})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
-
-
-def test_two_streams_interleave(tiny_server):
-    client = tiny_server.client()
-    arrivals: dict[str, list[float]] = {"a": [], "b": []}
-
-    def consume(name: str, seed: int) -> None:
-        for chunk in client.chat.completions.create(
-                model="tiny-chat", messages=[{"role": "user", "content": name}], stream=True,
-                max_tokens=400, temperature=0.8, seed=seed):
-            arrivals[name].append(time.monotonic())
-
-    threads = [threading.Thread(target=consume, args=(n, s)) for n, s in (("a", 1), ("b", 2))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    a, b = arrivals["a"], arrivals["b"]
-    assert len(a) > 100 and len(b) > 100
-    # each stream received chunks while the other was still producing
-    assert b[0] < a[-1] and a[0] < b[-1]
-    assert sum(1 for t in b if a[0] < t < a[-1]) > 10
 
 
 def test_health_reports_ready(tiny_server):

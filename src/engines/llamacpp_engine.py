@@ -5,7 +5,7 @@ The high-level `Llama` class generates one request at a time and its
 across tokens, so this engine runs its own token loop: one scheduler in a
 native thread that decodes every running sequence in one `llama_decode`
 call per step (each request is its own `seq_id`), feeds prompts in bounded
-chunks, samples with numpy and hands each request its text.
+chunks, samples with llama.cpp's own samplers and hands each request its text.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from loguru import logger
 
 import llama_cpp as _lib
@@ -68,12 +67,11 @@ class _Sequence:
     max_tokens: int
     prompt_left: list[int]
     text: IncrementalText
-    rng: np.random.Generator
+    sampler: "_Sampler"
     n_past: int = 0  # tokens decoded into the KV cache
     cached_tokens: int = 0  # prompt tokens reused from the slot's cache
     generated: list[int] = field(default_factory=list)
     logits_index: int = -1  # row of this step's logits that belongs to us
-    token_counts: dict[int, int] = field(default_factory=dict)
 
     @property
     def prefilling(self) -> bool:
@@ -276,7 +274,7 @@ class LlamaCppEngine(InferenceEngine):
                 max_tokens=min(request.max_tokens or limit, limit),
                 prompt_left=list(prompt[reuse:]), n_past=reuse, cached_tokens=reuse,
                 text=IncrementalText(request.stop),
-                rng=np.random.default_rng(request.sampling.seed))
+                sampler=_Sampler(request.sampling, self._n_vocab, self._n_ctx_seq))
 
     def _take_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
         """The free slot whose cached tokens share the longest prefix with
@@ -306,6 +304,7 @@ class LlamaCppEngine(InferenceEngine):
                 self._release(seq)
 
     def _release(self, seq: _Sequence, keep_cache: bool = True) -> None:
+        seq.sampler.close()
         slot = seq.slot
         if keep_cache:
             slot.cached = (seq.request.prompt_tokens + seq.generated)[: seq.n_past]
@@ -351,19 +350,13 @@ class LlamaCppEngine(InferenceEngine):
         produced = 0
         for seq in seqs:
             if seq.logits_index >= 0 and not seq.stream.finished:
-                self._accept(seq, self._sample(seq))
+                self._accept(seq, seq.sampler.sample(self._ctx, seq.logits_index))
                 produced += 1
         self._tokens_generated += produced
         self._recent.append((time.monotonic(), produced))
 
-    def _sample(self, seq: _Sequence) -> int:
-        ptr = _lib.llama_get_logits_ith(self._ctx, seq.logits_index)
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        return sample_token(logits, seq.request.sampling, seq.token_counts, seq.rng)
-
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated.append(token)
-        seq.token_counts[token] = seq.token_counts.get(token, 0) + 1
         if not seq.request.ignore_eos and _lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, text=seq.text.finish(), reason="stop")
             return
@@ -429,41 +422,45 @@ class LlamaCppEngine(InferenceEngine):
         return round(tokens / span, 2) if span > 0 else 0.0
 
 
-def sample_token(logits: np.ndarray, params: SamplingParams, counts: dict[int, int],
-                 rng: np.random.Generator) -> int:
-    """Pick the next token from raw logits, as OpenAI's parameters ask."""
-    if params.logit_bias or counts and (params.frequency_penalty or params.presence_penalty
-                                        or params.repetition_penalty != 1.0):
-        logits = logits.copy()
-        for token, bias in params.logit_bias.items():
-            logits[token] += bias
-        if counts:
-            ids = np.fromiter(counts.keys(), dtype=np.int64)
-            if params.repetition_penalty != 1.0:
-                seen = logits[ids]
-                logits[ids] = np.where(seen > 0, seen / params.repetition_penalty,
-                                       seen * params.repetition_penalty)
-            freq = np.fromiter(counts.values(), dtype=np.float32)
-            logits[ids] -= freq * params.frequency_penalty + params.presence_penalty
-    if params.greedy:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / params.temperature
-    if 0 < params.top_k < scaled.size:
-        candidates = np.argpartition(-scaled, params.top_k)[: params.top_k]
-    else:
-        candidates = np.arange(scaled.size)
-    values = scaled[candidates]
-    probs = np.exp(values - values.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs, kind="stable")
-    candidates, probs = candidates[order], probs[order]
-    keep = probs.size
-    if params.min_p > 0:
-        keep = min(keep, int(np.count_nonzero(probs >= params.min_p * probs[0])))
-    if params.top_p < 1.0:
-        keep = min(keep, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
-    candidates, probs = candidates[:keep], probs[:keep]
-    return int(candidates[rng.choice(keep, p=probs / probs.sum())])
+class _Sampler:
+    """One request's llama.cpp sampler chain: it reads the logits where
+    llama_decode left them, in C, whatever the vocabulary's size.
+    Penalties count the generated tokens, as OpenAI's do."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int, window: int):
+        self._chain = _lib.llama_sampler_chain_init(_lib.llama_sampler_chain_default_params())
+        if params.logit_bias:
+            biases = (_lib.llama_logit_bias * len(params.logit_bias))(
+                *(_lib.llama_logit_bias(token, bias) for token, bias in params.logit_bias.items()))
+            self._add(_lib.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
+        if (params.repetition_penalty != 1.0 or params.frequency_penalty
+                or params.presence_penalty):
+            self._add(_lib.llama_sampler_init_penalties(
+                n_vocab, window, params.repetition_penalty, params.frequency_penalty,
+                params.presence_penalty))
+        if params.greedy:
+            self._add(_lib.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            self._add(_lib.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            self._add(_lib.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            self._add(_lib.llama_sampler_init_min_p(params.min_p, 1))
+        self._add(_lib.llama_sampler_init_temp(params.temperature))
+        seed = _lib.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        self._add(_lib.llama_sampler_init_dist(seed))
+
+    def _add(self, sampler) -> None:
+        _lib.llama_sampler_chain_add(self._chain, sampler)
+
+    def sample(self, ctx, logits_index: int) -> int:
+        return _lib.llama_sampler_sample(self._chain, ctx, logits_index)
+
+    def close(self) -> None:
+        if self._chain is not None:
+            _lib.llama_sampler_free(self._chain)  # frees the samplers in the chain too
+            self._chain = None
 
 
 def _physical_cores() -> int:
