@@ -33,7 +33,7 @@ WORDS = ("river mountain quiet engine garden letter window silver market winter 
 def make_prompts(n: int, words: int, seed: int) -> list[str]:
     """Distinct prompts of about `words` words (roughly one token each)."""
     rng = random.Random(seed)
-    return [f"Request {i}: continue this story. " + " ".join(rng.choice(WORDS) for _ in range(words))
+    return [" ".join(rng.choice(WORDS) for _ in range(words)) + f". Request {i}: continue."
             for i in range(n)]
 
 
@@ -95,7 +95,10 @@ async def run_level(args: argparse.Namespace, concurrency: Optional[int],
                     rate: Optional[float]) -> dict[str, Any]:
     client = AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0,
                          timeout=args.timeout)
-    prompts = make_prompts(args.num_prompts, args.prompt_words, args.seed)
+    # fresh prompts at every level: a server's prefix cache must not turn one
+    # level's prompts into the next level's cache hits
+    prompts = make_prompts(args.num_prompts, args.prompt_words,
+                           args.seed * 1000 + int((concurrency or 0) * 10 + (rate or 0) * 100))
     results: list[RequestResult] = []
     started = time.perf_counter()
     if rate is None:

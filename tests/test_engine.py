@@ -170,3 +170,18 @@ def test_sampling_parameters_take_effect(engine):
     biased.frequency_penalty = 2.0  # each "A" so far costs 2 more
     penalised_a = run(engine, tokens, max_tokens=40, rid="p", sampling=biased)[0].count("A")
     assert 3 < penalised_a < 30
+
+
+def test_distinct_prefixes_stay_cached_side_by_side(tiny_model):
+    eng = LlamaCppEngine("tiny-lru", EngineOptions(context_size=256, parallel_sequences=2,
+                                                   threads=1))
+    eng.load(str(tiny_model))
+    try:
+        a = eng.tokenize("first conversation with its own system prompt")
+        b = eng.tokenize("first words differ: a second, unrelated conversation")
+        for rid, prompt in (("a1", a), ("b1", b)):
+            run(eng, prompt, max_tokens=3, rid=rid)
+        assert run(eng, a, max_tokens=3, rid="a2")[1].usage.cached_tokens == len(a) - 1
+        assert run(eng, b, max_tokens=3, rid="b2")[1].usage.cached_tokens == len(b) - 1
+    finally:
+        eng.unload()

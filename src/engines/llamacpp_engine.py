@@ -57,6 +57,13 @@ class _Slot:
 
     seq_id: int
     cached: list[int] = field(default_factory=list)
+    released_at: float = 0.0  # monotonic time the last request left it
+
+
+# A free slot whose cache covers at least this share of a new prompt is reused;
+# below it the request takes the least recently used slot, so that distinct
+# prefixes (several system prompts, several chats) stay cached side by side.
+SLOT_PREFIX_SIMILARITY = 0.5
 
 
 @dataclass
@@ -277,8 +284,9 @@ class LlamaCppEngine(InferenceEngine):
                 sampler=_Sampler(request.sampling, self._n_vocab, self._n_ctx_seq))
 
     def _take_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
-        """The free slot whose cached tokens share the longest prefix with
-        `prompt` (else the emptiest), trimmed to that prefix."""
+        """A free slot for `prompt` and how many of its tokens are cached there:
+        the slot sharing the longest prefix when that covers enough of the
+        prompt, else the least recently used one."""
         def shared(slot: _Slot) -> int:
             n = 0
             for a, b in zip(slot.cached, prompt):
@@ -287,10 +295,14 @@ class LlamaCppEngine(InferenceEngine):
                 n += 1
             return n
 
-        best = max(self._free_slots, key=lambda s: (shared(s), -len(s.cached)))
+        best = max(self._free_slots, key=shared)
+        best_shared = shared(best)
+        if best_shared < SLOT_PREFIX_SIMILARITY * len(prompt):
+            best = min(self._free_slots, key=lambda s: s.released_at)
+            best_shared = shared(best)
         self._free_slots.remove(best)
         # at least the last prompt token is decoded again: its logits start the output
-        reuse = min(shared(best), len(prompt) - 1)
+        reuse = min(best_shared, len(prompt) - 1)
         if not _lib.llama_memory_seq_rm(self._memory, best.seq_id, reuse, -1):
             _lib.llama_memory_seq_rm(self._memory, best.seq_id, -1, -1)
             reuse = 0
@@ -311,6 +323,7 @@ class LlamaCppEngine(InferenceEngine):
         else:
             _lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.cached = []
+        slot.released_at = time.monotonic()
         self._free_slots.append(slot)
 
     def _step(self) -> None:
