@@ -1,6 +1,8 @@
 """The llama.cpp engine driven directly (no server) on the tiny model."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 
 from src.core.exceptions import ContextLengthExceededError, InvalidRequestError
@@ -14,6 +16,17 @@ def engine(tiny_model):
     eng.load(str(tiny_model))
     yield eng
     eng.unload()
+
+
+@contextmanager
+def loaded_engine(model_path, name: str, **options):
+    """A tiny-model engine of its own, unloaded afterwards."""
+    eng = LlamaCppEngine(name, EngineOptions(context_size=256, threads=1, **options))
+    eng.load(str(model_path))
+    try:
+        yield eng
+    finally:
+        eng.unload()
 
 
 def run(engine, tokens, **kwargs):
@@ -111,10 +124,7 @@ def test_full_queue_is_refused_with_retry_after(tiny_model):
 
 
 def test_prefix_cache_reuses_a_finished_request(tiny_model):
-    eng = LlamaCppEngine("tiny-cache", EngineOptions(context_size=256, parallel_sequences=1,
-                                                     threads=1))
-    eng.load(str(tiny_model))
-    try:
+    with loaded_engine(tiny_model, "tiny-cache", parallel_sequences=1) as eng:
         prompt = eng.tokenize("a system prompt shared by both requests, then a question")
         first, last1 = run(eng, prompt, max_tokens=10, rid="c1")
         assert last1.usage.cached_tokens == 0
@@ -127,15 +137,10 @@ def test_prefix_cache_reuses_a_finished_request(tiny_model):
         assert last3.usage.cached_tokens >= len(prompt)
         different, last4 = run(eng, eng.tokenize("zzz unrelated"), max_tokens=5, rid="c4")
         assert last4.usage.cached_tokens == 0
-    finally:
-        eng.unload()
 
 
 def test_batched_greedy_equals_alone(tiny_model):
-    eng = LlamaCppEngine("tiny-batch", EngineOptions(context_size=256, parallel_sequences=4,
-                                                     threads=1, batch_tokens=16))
-    eng.load(str(tiny_model))
-    try:
+    with loaded_engine(tiny_model, "tiny-batch", parallel_sequences=4, batch_tokens=16) as eng:
         prompts = [eng.tokenize(f"prompt number {i} " * (i + 1)) for i in range(4)]
         alone = [run(eng, p, max_tokens=40, rid=f"alone{i}")[0] for i, p in enumerate(prompts)]
         eng_clear = [eng.submit(GenerationRequest(f"warm{i}", [65 + i], max_tokens=1))
@@ -151,8 +156,6 @@ def test_batched_greedy_equals_alone(tiny_model):
             together.append("".join(d.text for d in deltas))
             assert deltas[-1].usage.completion_tokens == 40
         assert together == alone
-    finally:
-        eng.unload()
 
 
 def test_sampling_parameters_take_effect(engine):
@@ -173,15 +176,10 @@ def test_sampling_parameters_take_effect(engine):
 
 
 def test_distinct_prefixes_stay_cached_side_by_side(tiny_model):
-    eng = LlamaCppEngine("tiny-lru", EngineOptions(context_size=256, parallel_sequences=2,
-                                                   threads=1))
-    eng.load(str(tiny_model))
-    try:
+    with loaded_engine(tiny_model, "tiny-lru", parallel_sequences=2) as eng:
         a = eng.tokenize("first conversation with its own system prompt")
         b = eng.tokenize("first words differ: a second, unrelated conversation")
         for rid, prompt in (("a1", a), ("b1", b)):
             run(eng, prompt, max_tokens=3, rid=rid)
         assert run(eng, a, max_tokens=3, rid="a2")[1].usage.cached_tokens == len(a) - 1
         assert run(eng, b, max_tokens=3, rid="b2")[1].usage.cached_tokens == len(b) - 1
-    finally:
-        eng.unload()
