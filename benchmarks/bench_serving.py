@@ -45,6 +45,7 @@ class RequestResult:
     output_tokens: int = 0
     itl: list[float] = field(default_factory=list)
     error: str = ""
+    reconnected: bool = False
 
     @property
     def tpot(self) -> Optional[float]:
@@ -54,7 +55,20 @@ class RequestResult:
 
 
 async def one_request(client: AsyncOpenAI, args: argparse.Namespace, prompt: str) -> RequestResult:
+    """One streamed request. A connection dropped before any answer (a
+    keep-alive connection the server had closed) is retried once, as
+    browsers and proxies do; the retry is counted."""
+    result = await _attempt(client, args, prompt)
+    if result.error.startswith("APIConnectionError") and not result.output_tokens:
+        result = await _attempt(client, args, prompt)
+        result.reconnected = True
+    return result
+
+
+async def _attempt(client: AsyncOpenAI, args: argparse.Namespace, prompt: str) -> RequestResult:
     extra: dict[str, Any] = {"ignore_eos": True} if args.ignore_eos else {}
+    if args.ban_tokens:
+        extra["logit_bias"] = {str(t): -100 for t in args.ban_tokens}
     common = dict(model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
                   stream=True, stream_options={"include_usage": True}, extra_body=extra)
     started = time.perf_counter()
@@ -144,6 +158,7 @@ def summarize(results: list[RequestResult], duration: float, concurrency: Option
         "concurrency": concurrency, "request_rate": rate, "requests": len(results),
         "completed": len(ok), "errors": len(results) - len(ok),
         "error_samples": sorted({r.error for r in results if not r.ok})[:5],
+        "reconnects": sum(r.reconnected for r in results),
         "duration_s": duration,
         "request_throughput": len(ok) / duration,
         "output_throughput": out_tokens / duration,
@@ -182,6 +197,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="send ignore_eos so every request produces max_tokens tokens")
+    p.add_argument("--ban-tokens", type=int, nargs="*", default=[],
+                   help="token ids sent with logit_bias -100: for servers without ignore_eos, "
+                        "ban the end-of-generation tokens")
     p.add_argument("--warmup", type=int, default=2, help="requests sent before measuring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default="benchmark")

@@ -7,7 +7,7 @@ import pytest
 
 from src.core.exceptions import ContextLengthExceededError, InvalidRequestError
 from src.core.inference_engine import EngineOptions, GenerationRequest, SamplingParams
-from src.engines.llamacpp_engine import LlamaCppEngine
+from src.engines.llamacpp_engine import LlamaCppEngine, _Slot, plan_slot
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,45 @@ def test_distinct_prefixes_stay_cached_side_by_side(tiny_model):
             run(eng, prompt, max_tokens=3, rid=rid)
         assert run(eng, a, max_tokens=3, rid="a2")[1].usage.cached_tokens == len(a) - 1
         assert run(eng, b, max_tokens=3, rid="b2")[1].usage.cached_tokens == len(b) - 1
+
+
+def test_prefix_of_a_running_request_is_copied(tiny_model):
+    with loaded_engine(tiny_model, "tiny-share", parallel_sequences=3) as eng:
+        system = eng.tokenize("You are a helpful assistant; answer briefly. " * 2)
+        assert len(system) >= 40
+        question = system + eng.tokenize("2+2?")
+        alone, _ = run(eng, question, max_tokens=12, rid="alone")
+        with loaded_engine(tiny_model, "tiny-share-2", parallel_sequences=3) as fresh:
+            long_runner = fresh.submit(GenerationRequest(
+                "runner", system + eng.tokenize("Tell a story."), max_tokens=100))
+            next(long_runner.iter_deltas())  # its prompt is in the KV cache now
+            shared, last = run(fresh, question, max_tokens=12, rid="sharer")
+            long_runner.close()
+        assert last.usage.cached_tokens >= len(system) - 1
+        assert shared == alone  # copied KV gives what recomputing gave
+
+
+def test_slot_plan_keeps_the_batch_in_one_run_of_seq_ids():
+    slots = [_Slot(i, released_at=float(i)) for i in range(6)]
+    free = [slots[i] for i in (0, 2, 4, 5)]
+    running = [(slots[1], [7] * 50), (slots[3], [8] * 50)]
+    # slot 2 fills the hole between two running sequences, though 0 is older
+    assert plan_slot(free, running, [9] * 40) == (slots[2], slots[2], 0)
+    # nothing running: the least recently used slot
+    assert plan_slot(free, [], [9] * 40)[0] is slots[0]
+
+
+def test_slot_plan_reuses_or_copies_cached_prefixes():
+    slots = [_Slot(i, released_at=float(i)) for i in range(4)]
+    chat = [5] * 100
+    slots[2].cached = chat[:]
+    running = [(slots[1], [6] * 40 + [1] * 10)]
+    free = [slots[0], slots[2], slots[3]]
+    # a chat grown by a turn continues in its own slot, next to the running one
+    assert plan_slot(free, running, chat + [3] * 8) == (slots[2], slots[2], 100)
+    # the running request's 40-token system prompt is copied next to it
+    assert plan_slot(free, running, [6] * 40 + [2] * 30) == (slots[0], slots[1], 40)
+    # a short shared prefix is not worth a copy
+    assert plan_slot(free, running, [6] * 10 + [2] * 30) == (slots[0], slots[0], 0)
+    # a free slot sharing a long prefix but holding another conversation keeps it
+    assert plan_slot(free, running, chat[:40] + [4] * 30) == (slots[0], slots[2], 40)
