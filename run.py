@@ -82,7 +82,11 @@ def check_environment(mode: str) -> list[str]:
     model_dir = settings.model_dir
     if model_dir.exists() and not os.access(model_dir, os.R_OK | os.X_OK):
         problems.append(f"MODEL_BASE_PATH {model_dir} is not readable.")
-    catalog = ModelCatalog(model_dir, settings.default_model)
+    try:
+        catalog = ModelCatalog(model_dir, settings.default_model, settings.config_path)
+    except ValueError as exc:  # models.yaml that does not parse
+        problems.append(f"Model settings file: {exc}")
+        return problems
     try:
         entry = catalog.get(catalog.default_model_id)
         if entry.path is not None and not os.access(entry.path, os.R_OK):

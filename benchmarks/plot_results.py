@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Plot bench_serving.py results (JSON lines): output throughput and median
-TTFT against concurrency, one line per server.
+TTFT against concurrency, one line per server, for one endpoint.
 
-  python benchmarks/plot_results.py results.jsonl docs/benchmarks.png
+  python benchmarks/plot_results.py results.jsonl docs/benchmarks.png [chat|completions]
 """
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(src: str, dst: str) -> None:
-    runs = [json.loads(line) for line in open(src) if line.strip()]
+def main(src: str, dst: str, endpoint: str = "chat") -> None:
+    runs = [run for run in (json.loads(line) for line in open(src) if line.strip())
+            if run["config"]["endpoint"] == endpoint]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
         rows = [r for r in run["results"] if r["concurrency"]]
         xs = [r["concurrency"] for r in rows]
         left.plot(xs, [r["output_throughput"] for r in rows], marker="o", label=run["label"])
         right.plot(xs, [r["ttft_ms"]["median"] for r in rows], marker="o", label=run["label"])
-    left.set(title="Output throughput", xlabel="concurrency", ylabel="tokens/s")
+    left.set(title=f"Output throughput ({endpoint})", xlabel="concurrency", ylabel="tokens/s")
     right.set(title="Time to first token (median)", xlabel="concurrency", ylabel="ms")
     right.set_yscale("log")
     for ax in (left, right):
@@ -35,4 +36,4 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

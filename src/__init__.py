@@ -1,0 +1,3 @@
+"""vllm-obtain: an OpenAI-compatible inference service for CUDA, Apple Silicon and CPUs."""
+
+__version__ = "0.4.0"

@@ -27,7 +27,8 @@ def limits_server(tmp_path_factory):
 
 def running(server) -> tuple[int, int]:
     status = requests.get(f"{server.base_url}/models/{MODEL}/status", timeout=5).json()
-    return status["requests_running"], status["requests_waiting"]
+    runtime = status["runtime"]
+    return runtime["requests_running"], runtime["requests_waiting"]
 
 
 def wait_idle(server, limit: float = 10.0) -> None:

@@ -7,6 +7,7 @@ fork, because native scheduler threads do not survive a fork.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Optional
 
 from flask import Flask, jsonify
@@ -19,9 +20,11 @@ from ..core.model_manager import ModelManager
 from ..engines.registry import get_engine_class, implemented_engines
 from ..utils.config import Settings, get_settings
 from ..utils.logger import logger, setup_logging
+from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
-from .middleware import request_id
-from .routes import management, openai_compat
+from .middleware import access_log, request_id
+from .routes import management, openai_compat, system
+from .system_sampler import start_system_sampler
 
 _HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
                      405: ("method_not_allowed", "invalid_request_error"),
@@ -37,14 +40,25 @@ def engine_options(settings: Settings) -> EngineOptions:
                          chat_template=settings.chat_template)
 
 
-def build_model_manager(settings: Settings) -> ModelManager:
-    choice = choose_engine(detect_platform(), settings.inference_engine, settings.device_type,
+def build_model_manager(settings: Settings) -> tuple[ModelManager, dict[str, Any]]:
+    """The model manager, and what the platform detector found (for /v1/system/status)."""
+    info = detect_platform()
+    choice = choose_engine(info, settings.inference_engine, settings.device_type,
                            implemented_engines())
-    engine_class = get_engine_class(choice.engine)
     logger.info("Engine: {} on {} ({})", choice.engine, choice.device, choice.reason)
-    catalog = ModelCatalog(settings.model_dir, settings.default_model)
-    return ModelManager(catalog, engine_class, engine_options(settings),
-                        max_models=settings.max_concurrent_models)
+    catalog = ModelCatalog(settings.model_dir, settings.default_model, settings.config_path)
+    manager = ModelManager(catalog, get_engine_class, choice.engine, engine_options(settings),
+                           max_models=settings.max_concurrent_models,
+                           auto_load=settings.auto_load,
+                           idle_timeout=settings.model_idle_timeout,
+                           drain_timeout=settings.unload_drain_timeout)
+    return manager, {"info": asdict(info), "choice": asdict(choice)}
+
+
+def model_figures(manager: ModelManager) -> list[dict[str, Any]]:
+    """Per-model figures for the metrics: state, load time, and the engine's counters."""
+    return [{"id": m["id"], "state": m["state"], "load_seconds": m["load_seconds"],
+             **(m.get("runtime") or {})} for m in manager.describe()]
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -69,19 +83,27 @@ def _register_error_handlers(app: Flask) -> None:
 def create_app(settings: Optional[Settings] = None,
                manager: Optional[ModelManager] = None) -> Flask:
     settings = settings or get_settings()
-    setup_logging(settings.log_level, settings.logs_path)
+    setup_logging(settings.log_level, settings.logs_path, settings.log_rotation_mb,
+                  settings.log_retention_days)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings, STARTED_AT=time.time(), JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     request_id.install(app)
+    access_log.install(app)
     _register_error_handlers(app)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(management.bp)
+    app.register_blueprint(system.bp)
+    platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
-        manager = build_model_manager(settings)
+        manager, platform = build_model_manager(settings)
         manager.start()
     app.extensions["model_manager"] = manager
+    app.extensions["platform"] = platform
+    app.extensions["metrics"] = ServiceMetrics(lambda: model_figures(manager))
+    if settings.metrics_interval > 0:
+        start_system_sampler(settings.metrics_interval, app.extensions["metrics"].summary)
     return app
 
 

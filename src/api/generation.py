@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 from ..core.exceptions import ClientDisconnectedError, ServiceError
 from ..core.inference_engine import (GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
+from ..core.model_manager import ModelLease
+from .request_trace import RequestTrace
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
@@ -19,13 +21,25 @@ DISCONNECT_CHECK_INTERVAL = 0.5  # how often a non-streaming request checks its 
 
 @dataclass
 class Job:
-    """One running request: its engine, its stream(s), and the response ids."""
+    """One running request: its lease on the model, its stream(s), its trace
+    and the response ids. `close` ends it once: streams, lease, metrics."""
 
-    engine: InferenceEngine
+    lease: ModelLease
     streams: list[RequestStream]
     response_id: str
     model: str
+    trace: RequestTrace
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def engine(self) -> InferenceEngine:
+        return self.lease.engine
+
+    def close(self, status: int) -> None:
+        for stream in self.streams:
+            stream.close()  # a client that went away aborts what is still running
+        self.lease.release()
+        self.trace.finish(status)
 
 
 def sampling_params(req: _SamplingFields) -> SamplingParams:
@@ -36,32 +50,48 @@ def sampling_params(req: _SamplingFields) -> SamplingParams:
         logit_bias=dict(req.logit_bias or {}))
 
 
-def _submit(engine: InferenceEngine, prompts: list[list[int]], req: _SamplingFields,
-            response_id: str) -> Job:
-    streams: list[RequestStream] = []
+def _submit(lease: ModelLease, prompts: list[list[int]], req: _SamplingFields,
+            response_id: str, trace: RequestTrace) -> Job:
+    job = Job(lease, [], response_id, req.model, trace)
     try:
         for i, tokens in enumerate(prompts):
-            streams.append(engine.submit(GenerationRequest(
+            job.streams.append(lease.engine.submit(GenerationRequest(
                 request_id=f"{response_id}-{i}", prompt_tokens=tokens,
                 max_tokens=req.max_tokens, sampling=sampling_params(req), stop=req.stop_list,
                 ignore_eos=req.ignore_eos)))
-    except ServiceError:
-        for stream in streams:
-            stream.close()
+    except BaseException as exc:
+        job.close(getattr(exc, "status_code", 500))
         raise
-    return Job(engine, streams, response_id, req.model)
+    return job
 
 
-def start_chat(engine: InferenceEngine, req: ChatCompletionRequest) -> Job:
-    prompt = engine.render_chat([m.for_template() for m in req.messages], tools=req.tools)
-    tokens = engine.tokenize(prompt, add_special=True)
-    return _submit(engine, [tokens], req, f"chatcmpl-{uuid.uuid4().hex}")
+def _prompt_tokens(lease: ModelLease, trace: RequestTrace,
+                   make: Callable[[InferenceEngine], list[list[int]]]) -> list[list[int]]:
+    try:
+        return make(lease.engine)
+    except BaseException as exc:  # a bad prompt ends the request before the engine sees it
+        lease.release()
+        trace.finish(getattr(exc, "status_code", 500))
+        raise
 
 
-def start_completion(engine: InferenceEngine, req: CompletionRequest) -> Job:
-    prompts = [p if isinstance(p, list) else engine.tokenize(p, add_special=True)
-               for p in req.prompts()]
-    return _submit(engine, prompts, req, f"cmpl-{uuid.uuid4().hex}")
+def start_chat(lease: ModelLease, req: ChatCompletionRequest, trace: RequestTrace) -> Job:
+    """Render, tokenize and submit a chat request; the job owns the lease from here."""
+    def tokens(engine: InferenceEngine) -> list[list[int]]:
+        prompt = engine.render_chat([m.for_template() for m in req.messages], tools=req.tools)
+        return [engine.tokenize(prompt, add_special=True)]
+
+    return _submit(lease, _prompt_tokens(lease, trace, tokens), req,
+                   f"chatcmpl-{uuid.uuid4().hex}", trace)
+
+
+def start_completion(lease: ModelLease, req: CompletionRequest, trace: RequestTrace) -> Job:
+    def tokens(engine: InferenceEngine) -> list[list[int]]:
+        return [p if isinstance(p, list) else engine.tokenize(p, add_special=True)
+                for p in req.prompts()]
+
+    return _submit(lease, _prompt_tokens(lease, trace, tokens), req,
+                   f"cmpl-{uuid.uuid4().hex}", trace)
 
 
 @dataclass
@@ -72,7 +102,7 @@ class _Collected:
 
 
 def _collect(stream: RequestStream, deadline: Optional[float],
-             client_gone: Callable[[], bool]) -> _Collected:
+             client_gone: Callable[[], bool], trace: RequestTrace) -> _Collected:
     out = _Collected()
     parts = []
     for delta in stream.iter_deltas(deadline, idle_interval=DISCONNECT_CHECK_INTERVAL):
@@ -82,11 +112,29 @@ def _collect(stream: RequestStream, deadline: Optional[float],
             continue
         if delta.error is not None:
             raise delta.error
+        if delta.token_count:
+            trace.first_token()
         parts.append(delta.text)
         if delta.final:
             out.finish_reason, out.usage = delta.finish_reason, delta.usage
+            trace.add_usage(delta.usage)
     out.text = "".join(parts)
     return out
+
+
+def _collect_all(job: Job, deadline: Optional[float],
+                 client_gone: Callable[[], bool]) -> list[_Collected]:
+    status = 200
+    try:
+        return [_collect(s, deadline, client_gone, job.trace) for s in job.streams]
+    except ServiceError as exc:
+        status = exc.status_code
+        raise
+    except BaseException:
+        status = 500
+        raise
+    finally:
+        job.close(status)
 
 
 def _usage_dict(usages: list[Usage]) -> dict[str, Any]:
@@ -99,7 +147,7 @@ def _usage_dict(usages: list[Usage]) -> dict[str, Any]:
 
 def chat_response(job: Job, deadline: Optional[float],
                   client_gone: Callable[[], bool]) -> dict[str, Any]:
-    got = _collect(job.streams[0], deadline, client_gone)
+    got = _collect_all(job, deadline, client_gone)[0]
     return {
         "id": job.response_id, "object": "chat.completion", "created": job.created,
         "model": job.model, "system_fingerprint": None,
@@ -111,11 +159,7 @@ def chat_response(job: Job, deadline: Optional[float],
 
 def completion_response(job: Job, prompts_text: list[str], echo: bool,
                         deadline: Optional[float], client_gone: Callable[[], bool]) -> dict[str, Any]:
-    try:
-        results = [_collect(s, deadline, client_gone) for s in job.streams]
-    finally:
-        for stream in job.streams:
-            stream.close()
+    results = _collect_all(job, deadline, client_gone)
     choices = [{"index": i, "text": (prompts_text[i] if echo else "") + r.text,
                 "logprobs": None, "finish_reason": r.finish_reason}
                for i, r in enumerate(results)]
@@ -141,7 +185,8 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
             body["usage"] = usage
         return sse(body)
 
-    usages: list[Usage] = []
+    trace = job.trace
+    status = ClientDisconnectedError.status_code  # unless the stream runs to its end
     try:
         for body in opening:
             yield chunk([body])
@@ -152,17 +197,20 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
                     continue
                 if delta.error is not None:
                     raise delta.error
+                if delta.token_count:
+                    trace.first_token()
                 if delta.text or delta.final:
                     yield chunk([choice(index, delta.text, delta.finish_reason)])
-                if delta.usage is not None:
-                    usages.append(delta.usage)
+                trace.add_usage(delta.usage)
         if include_usage:
-            yield chunk([], _usage_dict(usages))
+            yield chunk([], _usage_dict(trace.usages))
+        status = 200
     except ServiceError as exc:
+        status = exc.status_code
+        job.close(status)
         yield sse(exc.to_dict())
     finally:
-        for stream in job.streams:
-            stream.close()  # a client that went away aborts what is still running
+        job.close(status)
     yield sse("[DONE]")
 
 

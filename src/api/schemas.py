@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..core.exceptions import InvalidRequestError
+from ..core.model_catalog import ModelSettings
 
 
 class _Lenient(BaseModel):
@@ -125,3 +126,17 @@ class CompletionRequest(_SamplingFields):
         if all(isinstance(p, int) for p in self.prompt):
             return [list(self.prompt)]
         return list(self.prompt)
+
+
+class LoadModelRequest(ModelSettings):
+    """POST /v1/models/load: a model by name (known, or new with its path),
+    the engine to use and per-model settings. Unknown fields are refused:
+    a misspelt setting must not be silently dropped."""
+
+    model_name: str = Field(min_length=1, max_length=256)
+    model_path: Optional[str] = Field(None, max_length=4096)
+    engine_type: Optional[str] = None
+
+    def settings(self) -> ModelSettings:
+        return ModelSettings(**self.model_dump(include=self.model_fields_set
+                                               & set(ModelSettings.model_fields)))

@@ -35,6 +35,7 @@ def gevent_active() -> bool:
 
 allocate_native_lock: Callable[[], Any] = _original("_thread", "allocate_lock")
 _start_native_thread = _original("_thread", "start_new_thread")
+native_sleep: Callable[[float], None] = _original("time", "sleep")
 
 
 def start_native_thread(target: Callable[[], None]) -> None:

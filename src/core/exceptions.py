@@ -55,6 +55,12 @@ class AuthenticationError(ServiceError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(ServiceError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFoundError(ServiceError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -67,6 +73,20 @@ class ModelNotFoundError(NotFoundError):
     def __init__(self, model: str):
         super().__init__(f"The model '{model}' does not exist or is not available.",
                          param="model")
+
+
+class ModelNotLoadedError(NotFoundError):
+    code = "model_not_loaded"
+
+    def __init__(self, model: str):
+        super().__init__(f"The model '{model}' is not loaded (AUTO_LOAD is off): load it with "
+                         f"POST /v1/models/load.", param="model")
+
+
+class ConflictError(ServiceError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLargeError(ServiceError):

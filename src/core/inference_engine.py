@@ -178,6 +178,11 @@ class InferenceEngine(ABC):
         self.options = options or EngineOptions()
 
     # lifecycle -----------------------------------------------------------
+    @classmethod
+    def check_model(cls, model_path: str) -> None:
+        """A quick look at the weights before anything is unloaded to make room
+        for them: raise ModelLoadError when they are plainly not loadable."""
+
     @abstractmethod
     def load(self, model_path: str) -> None:
         """Load the weights and start the scheduler; raise ModelLoadError."""

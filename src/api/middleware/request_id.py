@@ -1,18 +1,26 @@
 """One request id per request: the client's X-Request-ID, or a fresh one.
-It is echoed in the response and bound to every log line of the request."""
+It is echoed in the response and put in every log line of the request."""
 from __future__ import annotations
 
 import re
 import time
 import uuid
+from typing import Optional
 
-from flask import Flask, g, request
-from loguru import logger
+from flask import Flask, g, has_request_context, request
+
+from ...utils.logger import set_request_id_provider
 
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def current_request_id() -> Optional[str]:
+    return g.get("request_id") if has_request_context() else None
+
+
 def install(app: Flask) -> None:
+    set_request_id_provider(current_request_id)
+
     @app.before_request
     def _assign() -> None:
         given = request.headers.get("X-Request-ID", "")
@@ -21,10 +29,7 @@ def install(app: Flask) -> None:
 
     @app.after_request
     def _echo(response):
-        rid = getattr(g, "request_id", None)
+        rid = g.get("request_id")
         if rid:
             response.headers["X-Request-ID"] = rid
-            elapsed_ms = (time.monotonic() - g.started) * 1000
-            logger.bind(request_id=rid).info("{} {} -> {} ({:.1f} ms to headers)", request.method,
-                                             request.path, response.status_code, elapsed_ms)
         return response

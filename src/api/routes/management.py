@@ -1,34 +1,68 @@
-"""Management routes: health and per-model status."""
+"""Model management routes: health, load, unload, status."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from flask import Blueprint, current_app, jsonify, request
 
-from flask import Blueprint, current_app, jsonify
-
-from ...core.exceptions import NotFoundError
+from ...core.exceptions import InvalidRequestError
+from ...core.model_manager import ModelManager
+from ..request_parsing import parse_body
+from ..schemas import LoadModelRequest
 
 bp = Blueprint("management", __name__)
 
 
-def _manager():
+def _manager() -> ModelManager:
     return current_app.extensions["model_manager"]
 
 
 @bp.get("/health")
 def health():
+    """Liveness for load balancers: 200 while at least one model is ready."""
     mgr = _manager()
-    loaded = {mid: e.status().state for mid, e in mgr.loaded().items()}
-    ready = [mid for mid, state in loaded.items() if state == "ready"]
+    models = mgr.describe()
+    ready = [m["id"] for m in models if m["state"] == "ready"]
     body = {"status": "healthy" if ready else "unavailable", "models_ready": ready,
-            "models_loading": mgr.loading(), "model_errors": mgr.failures(),
+            "models_loading": [m["id"] for m in models if m["state"] == "loading"],
+            "model_errors": {m["id"]: m["error"] for m in models if m["state"] == "error"},
             "default_model": mgr.default_model_id}
     return jsonify(body), 200 if ready else 503
 
 
+@bp.post("/v1/models/load")
+def load_model():
+    req = parse_body(LoadModelRequest)
+    info = _manager().load(req.model_name, req.model_path, req.engine_type, req.settings(),
+                           timeout=current_app.config["SETTINGS"].request_timeout)
+    # still loading after the timeout: accepted, poll its status
+    return jsonify(info), 202 if info["state"] == "loading" else 200
+
+
+@bp.delete("/v1/models/<path:model_id>/unload")
+def unload_model(model_id: str):
+    return jsonify(_manager().unload(model_id, _drain_timeout()))
+
+
+@bp.delete("/v1/models/<path:model_id>")
+def delete_model(model_id: str):
+    """Unload, and forget a model that a load request registered."""
+    _manager().unload(model_id, _drain_timeout(), forget=True)
+    return jsonify({"id": model_id, "object": "model", "deleted": True})
+
+
 @bp.get("/v1/models/<path:model_id>/status")
 def model_status(model_id: str):
-    engine = _manager().loaded().get(model_id)
-    if engine is None:
-        raise NotFoundError(f"Model '{model_id}' is not loaded.", param="model",
-                            code="model_not_loaded")
-    return jsonify(asdict(engine.status()))
+    return jsonify(_manager().describe(model_id)[0])
+
+
+def _drain_timeout():
+    raw = request.args.get("drain_timeout")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise InvalidRequestError("drain_timeout must be a number of seconds from 0 to 3600.",
+                                  param="drain_timeout")
+    return value

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from ...core.exceptions import ModelNotFoundError
+from ...core.exceptions import ClientDisconnectedError
 from ...core.model_manager import ModelManager
 from ..client_connection import client_disconnected
-from ..generation import (chat_response, chat_stream, completion_response, completion_stream,
+from ..generation import (Job, chat_response, chat_stream, completion_response, completion_stream,
                           start_chat, start_completion)
 from ..request_parsing import parse_body
+from ..request_trace import RequestTrace
 from ..schemas import ChatCompletionRequest, CompletionRequest
 
 bp = Blueprint("openai", __name__)
@@ -25,56 +27,65 @@ def _timeout() -> float:
     return current_app.config["SETTINGS"].request_timeout
 
 
-def _event_stream(lines: Iterator[str]) -> Response:
-    return Response(stream_with_context(lines), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def _event_stream(lines: Iterator[str], job: Job) -> Response:
+    response = Response(stream_with_context(lines), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # a client gone before the first chunk: the generator never ran, end the job here
+    response.call_on_close(lambda: job.close(ClientDisconnectedError.status_code))
+    return response
 
 
-def _model_object(model_id: str) -> dict[str, Any]:
-    mgr = manager()
-    entry = mgr.entries().get(model_id)
-    if entry is None:
-        raise ModelNotFoundError(model_id)
-    engine = mgr.loaded().get(model_id)
-    loaded_at = engine.status().loaded_at if engine else None
-    path = entry.path
-    created = loaded_at or (path.stat().st_mtime if path and path.exists() else
-                            current_app.config["STARTED_AT"])
-    return {"id": model_id, "object": "model", "created": int(created),
-            "owned_by": entry.owned_by}
+def _model_object(info: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI model object; `state` (and `error`) tell operators whether
+    it is loaded. Clients ignore the extra fields."""
+    created = info["loaded_at"] or current_app.config["STARTED_AT"]
+    path = info.get("path")
+    if not info["loaded_at"] and path and Path(path).exists():
+        created = Path(path).stat().st_mtime
+    body = {"id": info["id"], "object": "model", "created": int(created),
+            "owned_by": info["owned_by"], "state": info["state"]}
+    if info.get("error"):
+        body["error"] = info["error"]
+    return body
 
 
 @bp.get("/v1/models")
 def list_models():
     return jsonify({"object": "list",
-                    "data": [_model_object(model_id) for model_id in manager().entries()]})
+                    "data": [_model_object(info) for info in manager().describe()]})
 
 
 @bp.get("/v1/models/<path:model_id>")
 def get_model(model_id: str):
-    return jsonify(_model_object(model_id))
+    return jsonify(_model_object(manager().describe(model_id)[0]))
+
+
+def _trace(model: str, endpoint: str, stream: bool) -> RequestTrace:
+    trace = RequestTrace(current_app.extensions["metrics"], model, endpoint, stream)
+    g.trace = trace  # for the access log line
+    return trace
 
 
 @bp.post("/v1/chat/completions")
 def chat_completions():
     req = parse_body(ChatCompletionRequest)
-    engine = manager().get_engine(req.model, _timeout())
+    lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    job = start_chat(engine, req)
+    job = start_chat(lease, req, _trace(lease.model_id, "chat", req.stream))
     if req.stream:
-        return _event_stream(chat_stream(job, deadline, req.include_usage))
+        return _event_stream(chat_stream(job, deadline, req.include_usage), job)
     return jsonify(chat_response(job, deadline, client_disconnected(request.environ)))
 
 
 @bp.post("/v1/completions")
 def completions():
     req = parse_body(CompletionRequest)
-    engine = manager().get_engine(req.model, _timeout())
+    lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    job = start_completion(engine, req)
-    prompts = [p if isinstance(p, str) else engine.detokenize(p) for p in req.prompts()]
+    job = start_completion(lease, req, _trace(lease.model_id, "completions", req.stream))
+    prompts = [p if isinstance(p, str) else job.engine.detokenize(p) for p in req.prompts()]
     if req.stream:
         return _event_stream(completion_stream(job, prompts, req.echo, deadline,
-                                               req.include_usage))
+                                               req.include_usage), job)
     return jsonify(completion_response(job, prompts, req.echo, deadline,
                                        client_disconnected(request.environ)))
