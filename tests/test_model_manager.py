@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.core.exceptions import (ConflictError, ModelLoadError, ModelNotFoundError,
+from src.core.exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotFoundError,
                                  ModelNotLoadedError, NotFoundError, PermissionDeniedError,
                                  ServiceUnavailableError)
 from src.core.inference_engine import EngineOptions, GenerationRequest, SamplingParams
@@ -25,6 +25,8 @@ def base(tmp_path_factory, tiny_model) -> Path:
     (folder / "broken.gguf").write_bytes(b"GGUF but not really a model" * 10)
     config = folder / "config"
     config.mkdir()
+    (config / "plain.jinja").write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n"
+                                        "{% endfor %}")
     (config / "models.yaml").write_text(
         "models:\n"
         "  tiny-b:\n"
@@ -167,6 +169,16 @@ def test_models_yaml_settings_aliases_and_load_request_settings(base):
         with pytest.raises(ConflictError):  # new settings for a loaded model: unload first
             manager.load("custom", settings=ModelSettings(context_size=32))
         manager.unload("custom", forget=True)
+        # a template file of its own replaces the model's ChatML template
+        manager.load("templated", model_path="tiny-a.gguf",
+                     settings=ModelSettings(chat_template_file="plain.jinja"))
+        with manager.acquire("templated", 30) as lease:
+            assert lease.engine.render_chat([{"role": "user", "content": "hi"}]) == "[user] hi\n"
+        with pytest.raises(InvalidRequestError):
+            manager.load("escaped", model_path="tiny-a.gguf",
+                         settings=ModelSettings(chat_template_file="../../../../etc/hostname"))
+        with pytest.raises(ModelNotFoundError):  # a refused registration is not kept
+            manager.acquire("escaped", 1)
         with pytest.raises(ModelNotFoundError):
             manager.acquire("custom", 1)
     finally:

@@ -83,6 +83,7 @@ class EngineOptions:
     max_waiting: int = 100  # requests queued for a free sequence; more get a 503
     gpu_memory_fraction: float = 0.8
     chat_template: Optional[str] = None  # used when the model has none
+    chat_template_override: Optional[str] = None  # used instead of the model's own
 
 
 @dataclass(frozen=True)

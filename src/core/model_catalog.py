@@ -104,12 +104,13 @@ class ModelSpec:
     def resolve_path(self) -> Path:
         return self.path if self.path is not None else BUNDLED[self.model_id].resolve()
 
-    def engine_options(self, base: EngineOptions, chat_template: Optional[str]) -> EngineOptions:
+    def engine_options(self, base: EngineOptions,
+                       chat_template_override: Optional[str]) -> EngineOptions:
         s = self.settings
         changes: dict[str, Any] = {
             "context_size": s.context_size, "parallel_sequences": s.max_batch_size,
             "threads": s.threads, "gpu_memory_fraction": s.gpu_memory_fraction,
-            "chat_template": chat_template}
+            "chat_template_override": chat_template_override}
         return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
     def describe(self) -> dict[str, Any]:

@@ -146,7 +146,10 @@ class ModelManager:
             spec = self.catalog.get(name)  # 404 for an unknown name
             model = self._models.get(spec.model_id)
             if model is None or model.state != "ready":
-                if not self.auto_load:
+                if model is not None and model.state == "unloading":
+                    raise ServiceUnavailableError(f"Model '{spec.model_id}' is being unloaded.",
+                                                  headers={"Retry-After": "5"})
+                if not self.auto_load and (model is None or model.state != "loading"):
                     raise ModelNotLoadedError(spec.model_id)
                 self._begin_load(spec)
                 model = self._wait_loaded(spec.model_id, deadline)
@@ -190,7 +193,12 @@ class ModelManager:
             spec = self.catalog.register(name, model_path, engine, settings or ModelSettings())
         else:
             spec = self.catalog.get(name)
-        self._begin_load(spec)
+        try:
+            self._begin_load(spec)
+        except ServiceError:
+            if custom and model is None:  # a registration that never loaded is not kept
+                self.catalog.forget(spec.model_id)
+            raise
         self._wait_loaded(spec.model_id, deadline, accept_loading=True)
         return self._describe(spec)
 
@@ -292,9 +300,10 @@ class ModelManager:
         return model
 
     def _chat_template(self, spec: ModelSpec) -> Optional[str]:
+        """The per-model template file's text: it replaces the model's own template."""
         name = spec.settings.chat_template_file
         if not name:
-            return self._options.chat_template
+            return None
         return self.catalog.resolve_template_file(name).read_text(encoding="utf-8")
 
     # unloading ------------------------------------------------------------------------

@@ -430,7 +430,8 @@ class LlamaCppEngine(InferenceEngine):
 
     def _load_template(self, model) -> Optional[ChatTemplate]:
         source = _lib.llama_model_chat_template(model, None)
-        text = source.decode("utf-8", "replace") if source else self.options.chat_template
+        text = (self.options.chat_template_override
+                or (source.decode("utf-8", "replace") if source else self.options.chat_template))
         if not text:
             return None
         self._bos_text = self._special_text(_lib.llama_vocab_bos(self._vocab))
