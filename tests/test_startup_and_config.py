@@ -134,3 +134,19 @@ def test_health_is_503_while_no_model_is_ready(tmp_path):
         assert "broken" in resp.json()["error"]["message"]
     finally:
         stop_server(server)
+
+
+def test_bad_models_yaml_stops_startup_with_the_entry_named(tmp_path):
+    (tmp_path / "models.yaml").write_text("models:\n  tiny:\n    context_sise: 512\n")
+    out = run_py("--mode", "prod", env={"CONFIG_DIR": str(tmp_path)})
+    assert out.returncode == 1
+    assert "model 'tiny'" in out.stderr and "context_sise" in out.stderr
+
+
+def test_models_json_is_read_like_yaml(tmp_path):
+    from src.core.model_catalog import parse_model_config
+
+    (tmp_path / "models.json").write_text(
+        '{"models": {"m": {"path": "m.gguf", "engine": "llama_cpp", "aliases": ["a"]}}}')
+    entry = parse_model_config(tmp_path / "models.json")["m"]
+    assert entry.path == "m.gguf" and entry.aliases == ["a"]
