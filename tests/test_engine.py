@@ -225,3 +225,34 @@ def test_slot_plan_reuses_or_copies_cached_prefixes():
     assert plan_slot(free, running, [6] * 10 + [2] * 30) == (slots[0], slots[0], 0)
     # a free slot sharing a long prefix but holding another conversation keeps it
     assert plan_slot(free, running, chat[:40] + [4] * 30) == (slots[0], slots[2], 40)
+
+
+def test_json_schema_constrains_even_a_random_model(engine):
+    import json
+
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"},
+                                               "mood": {"enum": ["happy", "sad"]}},
+              "required": ["answer", "mood"], "additionalProperties": False}
+    for seed in range(3):
+        text, last = run(engine, engine.tokenize("reply"), max_tokens=120, rid=f"j{seed}",
+                         sampling=SamplingParams(temperature=1.0, seed=seed), json_schema=schema)
+        value = json.loads(text)
+        assert isinstance(value["answer"], int) and value["mood"] in ("happy", "sad")
+        assert last.finish_reason == "stop"
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest("bad", [65], max_tokens=5,
+                                        json_schema={"type": "object", "properties": 7}))
+
+
+def test_logprobs_are_the_models_distribution(engine):
+    tokens = engine.tokenize("logprob check")
+    stream = engine.submit(GenerationRequest("lp", tokens, max_tokens=6, logprobs=3,
+                                             sampling=SamplingParams(temperature=0)))
+    entries = [e for d in stream.iter_deltas() if d.logprobs for e in d.logprobs]
+    assert len(entries) == 6
+    for e in entries:
+        assert e["logprob"] <= 0 and len(e["top"]) == 3
+        # greedy picks the likeliest token: it heads the alternatives
+        assert e["top"][0]["token_id"] == e["token_id"]
+        assert e["top"][0]["logprob"] >= e["top"][1]["logprob"] >= e["top"][2]["logprob"]
+        assert e["bytes"] == list(e["token"].encode()) or "\ufffd" in e["token"]

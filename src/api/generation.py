@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
 
-from ..core.exceptions import ClientDisconnectedError, ServiceError
+from ..core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
 from ..core.inference_engine import (GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
 from ..core.model_manager import ModelLease
@@ -21,8 +21,9 @@ DISCONNECT_CHECK_INTERVAL = 0.5  # how often a non-streaming request checks its 
 
 @dataclass
 class Job:
-    """One running request: its lease on the model, its stream(s), its trace
-    and the response ids. `close` ends it once: streams, lease, metrics."""
+    """One running request: its lease on the model, its streams (one per
+    choice: `n` per prompt, in choice order), its trace and the response ids.
+    `close` ends it once: streams, lease, metrics."""
 
     lease: ModelLease
     streams: list[RequestStream]
@@ -42,23 +43,38 @@ class Job:
         self.trace.finish(status)
 
 
-def sampling_params(req: _SamplingFields) -> SamplingParams:
+def sampling_params(req: _SamplingFields, choice: int = 0) -> SamplingParams:
+    # with n > 1 each choice samples on its own, reproducibly: seed, seed + 1, ...
+    seed = None if req.seed is None else req.seed + choice
     return SamplingParams(
         temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0), min_p=req.min_p,
-        seed=req.seed, presence_penalty=req.presence_penalty,
+        seed=seed, presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty,
         logit_bias=dict(req.logit_bias or {}))
 
 
-def _submit(lease: ModelLease, prompts: list[list[int]], req: _SamplingFields,
+def _check_capabilities(engine: InferenceEngine, req: Any) -> None:
+    caps = engine.capabilities
+    if req.logprobs_wanted is not None and not caps.logprobs:
+        raise UnsupportedFeatureError("This model's engine cannot return logprobs.",
+                                      param="logprobs")
+    if req.json_schema is not None and not caps.grammar:
+        raise UnsupportedFeatureError("This model's engine cannot constrain its output to a "
+                                      "JSON schema.", param="response_format")
+
+
+def _submit(lease: ModelLease, prompts: list[list[int]], req: Any,
             response_id: str, trace: RequestTrace) -> Job:
     job = Job(lease, [], response_id, req.model, trace)
     try:
-        for i, tokens in enumerate(prompts):
-            job.streams.append(lease.engine.submit(GenerationRequest(
-                request_id=f"{response_id}-{i}", prompt_tokens=tokens,
-                max_tokens=req.max_tokens, sampling=sampling_params(req), stop=req.stop_list,
-                ignore_eos=req.ignore_eos)))
+        _check_capabilities(lease.engine, req)
+        for tokens in prompts:
+            for choice in range(req.n):
+                job.streams.append(lease.engine.submit(GenerationRequest(
+                    request_id=f"{response_id}-{len(job.streams)}", prompt_tokens=tokens,
+                    max_tokens=req.max_tokens, sampling=sampling_params(req, choice),
+                    stop=req.stop_list, ignore_eos=req.ignore_eos,
+                    logprobs=req.logprobs_wanted, json_schema=req.json_schema)))
     except BaseException as exc:
         job.close(getattr(exc, "status_code", 500))
         raise
@@ -99,6 +115,7 @@ class _Collected:
     text: str = ""
     finish_reason: Optional[str] = None
     usage: Optional[Usage] = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _collect(stream: RequestStream, deadline: Optional[float],
@@ -115,6 +132,7 @@ def _collect(stream: RequestStream, deadline: Optional[float],
         if delta.token_count:
             trace.first_token()
         parts.append(delta.text)
+        out.logprobs.extend(delta.logprobs or ())
         if delta.final:
             out.finish_reason, out.usage = delta.finish_reason, delta.usage
             trace.add_usage(delta.usage)
@@ -137,35 +155,74 @@ def _collect_all(job: Job, deadline: Optional[float],
         job.close(status)
 
 
-def _usage_dict(usages: list[Usage]) -> dict[str, Any]:
-    prompt = sum(u.prompt_tokens for u in usages)
-    completion = sum(u.completion_tokens for u in usages)
+def _usage_dict(trace: RequestTrace) -> dict[str, Any]:
+    prompt, completion = trace.prompt_tokens, trace.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(u.cached_tokens for u in usages)}}
+            "prompt_tokens_details": {"cached_tokens": trace.cached_tokens}}
 
 
-def chat_response(job: Job, deadline: Optional[float],
+def _chat_logprobs(entries: Optional[list[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    if entries is None:
+        return None
+
+    def one(e: dict[str, Any]) -> dict[str, Any]:
+        return {"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]}
+
+    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e["top"]]}
+                        for e in entries], "refusal": None}
+
+
+def _completion_logprobs(entries: Optional[list[dict[str, Any]]],
+                         offset: int) -> Optional[dict[str, Any]]:
+    """The legacy completions shape; `offset` is where the first token's text starts."""
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {"tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [_by_text(e["top"]) for e in entries],
+            "text_offset": offsets}
+
+
+def _by_text(top: list[dict[str, Any]]) -> dict[str, float]:
+    # tokens that read alike (bytes of a split character) share a key: keep the likeliest
+    out: dict[str, float] = {}
+    for t in top:
+        out.setdefault(t["token"], t["logprob"])
+    return out
+
+
+def chat_response(job: Job, req: ChatCompletionRequest, deadline: Optional[float],
                   client_gone: Callable[[], bool]) -> dict[str, Any]:
-    got = _collect_all(job, deadline, client_gone)[0]
+    results = _collect_all(job, deadline, client_gone)
+    want_logprobs = req.logprobs_wanted is not None
     return {
         "id": job.response_id, "object": "chat.completion", "created": job.created,
         "model": job.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": got.text},
-                     "logprobs": None, "finish_reason": got.finish_reason}],
-        "usage": _usage_dict([got.usage]),
+        "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
+                     "logprobs": _chat_logprobs(r.logprobs if want_logprobs else None),
+                     "finish_reason": r.finish_reason} for i, r in enumerate(results)],
+        "usage": _usage_dict(job.trace),
     }
 
 
-def completion_response(job: Job, prompts_text: list[str], echo: bool,
+def completion_response(job: Job, req: CompletionRequest, prompts_text: list[str],
                         deadline: Optional[float], client_gone: Callable[[], bool]) -> dict[str, Any]:
     results = _collect_all(job, deadline, client_gone)
-    choices = [{"index": i, "text": (prompts_text[i] if echo else "") + r.text,
-                "logprobs": None, "finish_reason": r.finish_reason}
-               for i, r in enumerate(results)]
+    want_logprobs = req.logprobs_wanted is not None
+    choices = []
+    for i, r in enumerate(results):
+        prefix = prompts_text[i // req.n] if req.echo else ""
+        choices.append({"index": i, "text": prefix + r.text, "finish_reason": r.finish_reason,
+                        "logprobs": _completion_logprobs(r.logprobs if want_logprobs else None,
+                                                         len(prefix))})
     return {"id": job.response_id, "object": "text_completion", "created": job.created,
             "model": job.model, "system_fingerprint": None, "choices": choices,
-            "usage": _usage_dict([r.usage for r in results])}
+            "usage": _usage_dict(job.trace)}
 
 
 def sse(data: Union[dict[str, Any], str]) -> str:
@@ -175,8 +232,10 @@ def sse(data: Union[dict[str, Any], str]) -> str:
 
 
 def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_name: str,
-            choice: Any, opening: list[dict[str, Any]]) -> Iterator[str]:
-    """SSE lines for a job: `choice(index, text, finish_reason)` builds one choice."""
+            choice: Callable[..., dict[str, Any]],
+            opening: list[dict[str, Any]]) -> Iterator[str]:
+    """SSE lines for a job: `choice(index, text, finish_reason, logprobs)` builds
+    one choice of a chunk. Choices stream one after the other, each in order."""
 
     def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
         body = {"id": job.response_id, "object": object_name, "created": job.created,
@@ -199,11 +258,11 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
                     raise delta.error
                 if delta.token_count:
                     trace.first_token()
-                if delta.text or delta.final:
-                    yield chunk([choice(index, delta.text, delta.finish_reason)])
+                if delta.text or delta.final or delta.logprobs:
+                    yield chunk([choice(index, delta.text, delta.finish_reason, delta.logprobs)])
                 trace.add_usage(delta.usage)
         if include_usage:
-            yield chunk([], _usage_dict(trace.usages))
+            yield chunk([], _usage_dict(trace))
         status = 200
     except ServiceError as exc:
         status = exc.status_code
@@ -214,21 +273,33 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
     yield sse("[DONE]")
 
 
-def chat_stream(job: Job, deadline: Optional[float], include_usage: bool) -> Iterator[str]:
-    def choice(index: int, text: str, finish: Optional[str]) -> dict[str, Any]:
+def chat_stream(job: Job, req: ChatCompletionRequest, deadline: Optional[float]) -> Iterator[str]:
+    want_logprobs = req.logprobs_wanted is not None
+
+    def choice(index: int, text: str, finish: Optional[str],
+               logprobs: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
         return {"index": index, "delta": {"content": text} if text else {},
-                "logprobs": None, "finish_reason": finish}
+                "logprobs": _chat_logprobs((logprobs or []) if want_logprobs else None),
+                "finish_reason": finish}
 
-    opening = [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                "logprobs": None, "finish_reason": None}]
-    return _stream(job, deadline, include_usage, "chat.completion.chunk", choice, opening)
+    opening = [{"index": i, "delta": {"role": "assistant", "content": ""},
+                "logprobs": None, "finish_reason": None} for i in range(len(job.streams))]
+    return _stream(job, deadline, req.include_usage, "chat.completion.chunk", choice, opening)
 
 
-def completion_stream(job: Job, prompts_text: list[str], echo: bool, deadline: Optional[float],
-                      include_usage: bool) -> Iterator[str]:
-    def choice(index: int, text: str, finish: Optional[str]) -> dict[str, Any]:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+def completion_stream(job: Job, req: CompletionRequest, prompts_text: list[str],
+                      deadline: Optional[float]) -> Iterator[str]:
+    want_logprobs = req.logprobs_wanted is not None
+    offsets = {i: len(prompts_text[i // req.n]) if req.echo else 0
+               for i in range(len(job.streams))}
 
-    opening = [choice(i, p, None) for i, p in enumerate(prompts_text)] if echo else []
-    return _stream(job, deadline, include_usage, "text_completion", choice, opening)
+    def choice(index: int, text: str, finish: Optional[str],
+               logprobs: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
+        formatted = _completion_logprobs((logprobs or []) if want_logprobs else None,
+                                         offsets[index])
+        offsets[index] += sum(len(e["token"]) for e in logprobs or ())
+        return {"index": index, "text": text, "logprobs": formatted, "finish_reason": finish}
 
+    opening = ([{"index": i, "text": prompts_text[i // req.n], "logprobs": None,
+                 "finish_reason": None} for i in range(len(job.streams))] if req.echo else [])
+    return _stream(job, deadline, req.include_usage, "text_completion", choice, opening)

@@ -17,6 +17,7 @@ class RequestTrace:
     model: str
     endpoint: str  # "chat" | "completions"
     stream: bool
+    n: int = 1  # choices per prompt: they share their prompt's tokens
     started: float = field(default_factory=time.monotonic)
     ttft: Optional[float] = None
     usages: list[Usage] = field(default_factory=list)
@@ -32,7 +33,7 @@ class RequestTrace:
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(u.prompt_tokens for u in self.usages)
+        return sum(u.prompt_tokens for u in self.usages[::self.n])
 
     @property
     def completion_tokens(self) -> int:
@@ -40,7 +41,7 @@ class RequestTrace:
 
     @property
     def cached_tokens(self) -> int:
-        return sum(u.cached_tokens for u in self.usages)
+        return sum(u.cached_tokens for u in self.usages[::self.n])
 
     def finish(self, status: int) -> None:
         if self.status is not None:

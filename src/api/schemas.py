@@ -9,8 +9,11 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..core.exceptions import InvalidRequestError
+from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..core.model_catalog import ModelSettings
+
+
+MAX_CHOICES = 16  # `n`: each choice is a sequence of its own in the engine
 
 
 class _Lenient(BaseModel):
@@ -71,7 +74,7 @@ class _SamplingFields(_Lenient):
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
@@ -80,6 +83,13 @@ class _SamplingFields(_Lenient):
     @classmethod
     def _null_is_default(cls, value: Any, info) -> Any:
         return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: Optional[Union[str, list[str]]]) -> Any:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -100,16 +110,84 @@ class _SamplingFields(_Lenient):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
+class JsonSchemaFormat(_Lenient):
+    name: str = "response"
+    description: Optional[str] = None
+    json_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"},
+                                        alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object")
+        return self
+
+    def schema(self) -> Optional[dict[str, Any]]:  # type: ignore[override]
+        """The JSON schema the reply must follow, or None for free text."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.json_schema
+        return None
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: Optional[list[dict[str, Any]]] = None
-    logprobs: Optional[bool] = None
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    response_format: Optional[ResponseFormat] = None
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _null_is_false(cls, value: Any) -> Any:
+        return False if value is None else value
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs: true.", param="top_logprobs")
+        return self
+
+    @property
+    def logprobs_wanted(self) -> Optional[int]:
+        """Alternatives per token wanted by the engine, or None for no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def json_schema(self) -> Optional[dict[str, Any]]:
+        return self.response_format.schema() if self.response_format else None
 
 
 class CompletionRequest(_SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
-    logprobs: Optional[int] = None
+    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    suffix: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> "CompletionRequest":
+        if self.suffix:
+            raise UnsupportedFeatureError("suffix (fill-in-the-middle) is not supported by "
+                                          "this server.", param="suffix")
+        if self.echo and self.logprobs is not None:
+            raise UnsupportedFeatureError("logprobs together with echo (prompt logprobs) is "
+                                          "not supported by this server.", param="logprobs")
+        return self
+
+    @property
+    def logprobs_wanted(self) -> Optional[int]:
+        return self.logprobs
+
+    @property
+    def json_schema(self) -> None:  # structured output is a chat feature
+        return None
     max_tokens: Optional[int] = Field(
         16, ge=1, validation_alias=AliasChoices("max_tokens", "max_completion_tokens"))
 
@@ -126,6 +204,27 @@ class CompletionRequest(_SamplingFields):
         if all(isinstance(p, int) for p in self.prompt):
             return [list(self.prompt)]
         return list(self.prompt)
+
+
+class TokenizeRequest(_Lenient):
+    """vLLM's /tokenize: `prompt`, or `messages` rendered with the chat template."""
+
+    model: str
+    prompt: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("Give either 'prompt' or 'messages'.", param="prompt")
+        return self
+
+
+class DetokenizeRequest(_Lenient):
+    model: str
+    tokens: list[int]
 
 
 class LoadModelRequest(ModelSettings):

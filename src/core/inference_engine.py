@@ -39,9 +39,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks)
-    logprobs: Optional[int] = None
-    json_schema: Optional[dict[str, Any]] = None
-    grammar: Optional[str] = None
+    logprobs: Optional[int] = None  # None: none; k: the chosen token's and k alternatives
+    json_schema: Optional[dict[str, Any]] = None  # the output must be JSON valid against it
+    grammar: Optional[str] = None  # an engine's own grammar (llama.cpp: GBNF)
 
 
 @dataclass
@@ -64,6 +64,7 @@ class GenerationDelta:
     token_count: int = 0
     finish_reason: Optional[str] = None  # "stop" | "length" | "tool_calls"
     usage: Optional[Usage] = None
+    # per token: {"token_id", "token", "bytes", "logprob", "top": [same, without "top"]}
     logprobs: Optional[list[dict[str, Any]]] = None
     error: Optional[ServiceError] = None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from loguru import logger
 
 import llama_cpp as _lib
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
 from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
@@ -209,7 +211,8 @@ class LlamaCppEngine(InferenceEngine):
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(chat_template=self._template is not None)
+        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
+                                  grammar=True)
 
     @property
     def context_length(self) -> int:
@@ -228,6 +231,7 @@ class LlamaCppEngine(InferenceEngine):
         return list(buf[:n])
 
     def detokenize(self, tokens: list[int]) -> str:
+        self._check_tokens(tokens, "tokens")
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 
     def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
@@ -250,6 +254,7 @@ class LlamaCppEngine(InferenceEngine):
         n_prompt = len(request.prompt_tokens)
         if n_prompt == 0:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self._check_tokens(request.prompt_tokens, "prompt")
         wanted = n_prompt + (request.max_tokens or 1)
         if wanted > self._n_ctx_seq:
             raise ContextLengthExceededError(self._n_ctx_seq, wanted)
@@ -258,12 +263,13 @@ class LlamaCppEngine(InferenceEngine):
                 raise InvalidRequestError(f"logit_bias names token {token}, outside this "
                                           f"model's vocabulary (0..{self._n_vocab - 1}).",
                                           param="logit_bias")
+        grammar = self._grammar_for(request)
         if len(self._pending) >= self.options.max_waiting:
             raise ServiceUnavailableError(
                 f"Model '{self.model_id}' has {len(self._pending)} requests waiting "
                 f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
         stream = RequestStream(request.request_id, self.abort)
-        self._pending.append((request, stream))
+        self._pending.append((request, stream, grammar))
         self._wakeup.notify()
         return stream
 
@@ -291,7 +297,7 @@ class LlamaCppEngine(InferenceEngine):
 
     def _admit(self) -> None:
         while self._pending and self._free_slots:
-            request, stream = self._pending.popleft()
+            request, stream, grammar = self._pending.popleft()
             if stream.finished:
                 continue
             prompt = request.prompt_tokens
@@ -302,7 +308,8 @@ class LlamaCppEngine(InferenceEngine):
                 max_tokens=min(request.max_tokens or limit, limit),
                 prompt_left=list(prompt[reuse:]), n_past=reuse, cached_tokens=reuse,
                 text=IncrementalText(request.stop),
-                sampler=_Sampler(request.sampling, self._n_vocab, self._n_ctx_seq))
+                sampler=_Sampler(request.sampling, self._vocab, self._n_vocab, self._n_ctx_seq,
+                                 grammar))
 
     def _take_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
         """A free slot for `prompt` and how many of its tokens are in that
@@ -377,42 +384,94 @@ class LlamaCppEngine(InferenceEngine):
         produced = 0
         for seq in seqs:
             if seq.logits_index >= 0 and not seq.stream.finished:
-                self._accept(seq, seq.sampler.sample(self._ctx, seq.logits_index))
+                token = seq.sampler.sample(self._ctx, seq.logits_index)
+                logprobs = None
+                if seq.request.logprobs is not None:
+                    logprobs = self._logprobs(seq.logits_index, token, seq.request.logprobs)
+                self._accept(seq, token, logprobs)
                 produced += 1
         self._tokens_generated += produced
         self._recent.append((time.monotonic(), produced))
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _accept(self, seq: _Sequence, token: int, logprobs: Optional[dict[str, Any]]) -> None:
         seq.generated.append(token)
+        entries = [logprobs] if logprobs is not None else None
         if not seq.request.ignore_eos and _lib.llama_vocab_is_eog(self._vocab, token):
-            self._finish(seq, text=seq.text.finish(), reason="stop")
+            self._finish(seq, text=seq.text.finish(), reason="stop", logprobs=entries)
             return
         text = seq.text.feed(self._piece(token))
         if seq.text.stopped:
-            self._finish(seq, text=text, reason="stop")
+            self._finish(seq, text=text, reason="stop", logprobs=entries)
         elif len(seq.generated) >= seq.max_tokens:
             self._finish(seq, text=text + seq.text.finish(),
-                         reason="stop" if seq.text.stopped else "length")
+                         reason="stop" if seq.text.stopped else "length", logprobs=entries)
         else:
-            seq.stream.push(GenerationDelta(text=text, token_count=1))
+            seq.stream.push(GenerationDelta(text=text, token_count=1, logprobs=entries))
 
     def _finish(self, seq: _Sequence, text: str = "", reason: Optional[str] = None,
-                error=None, keep_cache: bool = True) -> None:
+                error=None, keep_cache: bool = True,
+                logprobs: Optional[list[dict[str, Any]]] = None) -> None:
         self._active.pop(seq.request.request_id, None)
         self._release(seq, keep_cache)
         usage = Usage(prompt_tokens=len(seq.request.prompt_tokens),
                       completion_tokens=len(seq.generated), cached_tokens=seq.cached_tokens)
         seq.stream.push(GenerationDelta(text=text, token_count=1 if seq.generated else 0,
-                                        finish_reason=reason, usage=usage, error=error))
+                                        finish_reason=reason, usage=usage, error=error,
+                                        logprobs=logprobs))
 
     def _fail_all(self, error) -> None:
         for seq in list(self._active.values()):
             self._finish(seq, error=error)
         while self._pending:
-            _, stream = self._pending.popleft()
+            _, stream, _ = self._pending.popleft()
             stream.push(GenerationDelta(error=error))
 
     # helpers -------------------------------------------------------------
+    def _check_tokens(self, tokens: list[int], param: str) -> None:
+        # llama.cpp reads out of bounds (or fails the whole batch) on a bad id
+        bad = next((t for t in tokens if not 0 <= t < self._n_vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
+                                      f"(0..{self._n_vocab - 1}).", param=param)
+
+    def _grammar_for(self, request: GenerationRequest) -> Optional[bytes]:
+        """The GBNF that constrains this request, checked now so that a bad one is a 400."""
+        grammar = request.grammar
+        if request.json_schema is not None:
+            try:
+                grammar = json_schema_to_gbnf(json.dumps(request.json_schema))
+            except Exception as exc:  # the converter raises plain errors for what it lacks
+                raise InvalidRequestError(f"This JSON schema cannot be enforced: {exc}",
+                                          param="response_format") from None
+        if grammar is None:
+            return None
+        encoded = grammar.encode("utf-8")
+        sampler = _lib.llama_sampler_init_grammar(self._vocab, encoded, b"root")
+        if not sampler:
+            raise InvalidRequestError("The grammar does not parse.", param="grammar")
+        _lib.llama_sampler_free(sampler)
+        return encoded
+
+    def _logprobs(self, logits_index: int, token: int, top: int) -> dict[str, Any]:
+        """The model's log-probability of `token`, and of the `top` likeliest tokens."""
+        row = np.ctypeslib.as_array(_lib.llama_get_logits_ith(self._ctx, logits_index),
+                                    shape=(self._n_vocab,)).astype(np.float64)
+        peak = row.max()
+        log_total = peak + np.log(np.exp(row - peak).sum())
+        entry = self._token_entry(token, row[token] - log_total)
+        if top:
+            best = np.argpartition(row, -top)[-top:]
+            best = best[np.argsort(-row[best], kind="stable")]
+            entry["top"] = [self._token_entry(int(t), row[t] - log_total) for t in best]
+        else:
+            entry["top"] = []
+        return entry
+
+    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        piece = self._piece(token)
+        return {"token_id": token, "token": piece.decode("utf-8", "replace"),
+                "bytes": list(piece), "logprob": float(logprob)}
+
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = _lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
@@ -458,11 +517,13 @@ class _Sampler:
     whole vocabulary into a candidate array (6 ms a step for 16 sequences of
     Gemma's 262k tokens)."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int, window: int):
+    def __init__(self, params: SamplingParams, vocab, n_vocab: int, window: int,
+                 grammar: Optional[bytes] = None):
         self._n_vocab = n_vocab
         penalised = bool(params.repetition_penalty != 1.0 or params.frequency_penalty
                          or params.presence_penalty)
-        self._argmax = params.greedy and not params.logit_bias and not penalised
+        self._argmax = (params.greedy and not params.logit_bias and not penalised
+                        and grammar is None)
         self._chain = _lib.llama_sampler_chain_init(_lib.llama_sampler_chain_default_params())
         if params.logit_bias:
             biases = (_lib.llama_logit_bias * len(params.logit_bias))(
@@ -472,6 +533,8 @@ class _Sampler:
             self._add(_lib.llama_sampler_init_penalties(
                 n_vocab, window, params.repetition_penalty, params.frequency_penalty,
                 params.presence_penalty))
+        if grammar is not None:  # before the choice: only tokens the grammar allows compete
+            self._add(_lib.llama_sampler_init_grammar(vocab, grammar, b"root"))
         if params.greedy:
             self._add(_lib.llama_sampler_init_greedy())
             return

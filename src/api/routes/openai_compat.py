@@ -14,7 +14,8 @@ from ..generation import (Job, chat_response, chat_stream, completion_response, 
                           start_chat, start_completion)
 from ..request_parsing import parse_body
 from ..request_trace import RequestTrace
-from ..schemas import ChatCompletionRequest, CompletionRequest
+from ..schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                       TokenizeRequest)
 
 bp = Blueprint("openai", __name__)
 
@@ -60,32 +61,56 @@ def get_model(model_id: str):
     return jsonify(_model_object(manager().describe(model_id)[0]))
 
 
-def _trace(model: str, endpoint: str, stream: bool) -> RequestTrace:
-    trace = RequestTrace(current_app.extensions["metrics"], model, endpoint, stream)
+def _trace(model: str, endpoint: str, req: Any) -> RequestTrace:
+    trace = RequestTrace(current_app.extensions["metrics"], model, endpoint, req.stream, req.n)
     g.trace = trace  # for the access log line
     return trace
 
 
 @bp.post("/v1/chat/completions")
+@bp.post("/chat/completions")  # clients configured without the /v1 prefix
 def chat_completions():
     req = parse_body(ChatCompletionRequest)
     lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    job = start_chat(lease, req, _trace(lease.model_id, "chat", req.stream))
+    job = start_chat(lease, req, _trace(lease.model_id, "chat", req))
     if req.stream:
-        return _event_stream(chat_stream(job, deadline, req.include_usage), job)
-    return jsonify(chat_response(job, deadline, client_disconnected(request.environ)))
+        return _event_stream(chat_stream(job, req, deadline), job)
+    return jsonify(chat_response(job, req, deadline, client_disconnected(request.environ)))
 
 
 @bp.post("/v1/completions")
+@bp.post("/completions")
 def completions():
     req = parse_body(CompletionRequest)
     lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    job = start_completion(lease, req, _trace(lease.model_id, "completions", req.stream))
+    job = start_completion(lease, req, _trace(lease.model_id, "completions", req))
     prompts = [p if isinstance(p, str) else job.engine.detokenize(p) for p in req.prompts()]
     if req.stream:
-        return _event_stream(completion_stream(job, prompts, req.echo, deadline,
-                                               req.include_usage), job)
-    return jsonify(completion_response(job, prompts, req.echo, deadline,
+        return _event_stream(completion_stream(job, req, prompts, deadline), job)
+    return jsonify(completion_response(job, req, prompts, deadline,
                                        client_disconnected(request.environ)))
+
+
+@bp.post("/tokenize")
+def tokenize():
+    """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template."""
+    req = parse_body(TokenizeRequest)
+    with manager().acquire(req.model, _timeout()) as lease:
+        engine = lease.engine
+        if req.messages is not None:
+            text = engine.render_chat([m.for_template() for m in req.messages],
+                                      add_generation_prompt=req.add_generation_prompt)
+        else:
+            text = req.prompt or ""
+        tokens = engine.tokenize(text, add_special=req.add_special_tokens)
+        return jsonify({"count": len(tokens), "max_model_len": engine.context_length,
+                        "tokens": tokens})
+
+
+@bp.post("/detokenize")
+def detokenize():
+    req = parse_body(DetokenizeRequest)
+    with manager().acquire(req.model, _timeout()) as lease:
+        return jsonify({"prompt": lease.engine.detokenize(req.tokens)})
