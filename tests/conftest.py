@@ -102,7 +102,7 @@ def tiny_server(tmp_path_factory, model_dir, tiny_model) -> Iterator[Server]:
     """Gunicorn + gevent serving the tiny model by default, the other on demand."""
     tmp = tmp_path_factory.mktemp("tiny-server")
     server = start_server(tmp, {"DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(model_dir),
-                                "MAX_CONCURRENT_MODELS": "2"})
+                                "MAX_CONCURRENT_MODELS": "2", "CONTEXT_SIZE": "512"})
     yield server
     stop_server(server)
 

@@ -231,10 +231,11 @@ def test_json_schema_constrains_even_a_random_model(engine):
     import json
 
     schema = {"type": "object", "properties": {"answer": {"type": "integer"},
-                                               "mood": {"enum": ["happy", "sad"]}},
-              "required": ["answer", "mood"], "additionalProperties": False}
-    for seed in range(3):
-        text, last = run(engine, engine.tokenize("reply"), max_tokens=120, rid=f"j{seed}",
+                                               "mood": {"enum": ["happy", "sad"]},
+                                               "note": {"type": "string", "maxLength": 30}},
+              "required": ["answer", "mood", "note"], "additionalProperties": False}
+    for seed in range(6):  # strict JSON: no raw control characters inside strings
+        text, last = run(engine, engine.tokenize("reply"), max_tokens=200, rid=f"j{seed}",
                          sampling=SamplingParams(temperature=1.0, seed=seed), json_schema=schema)
         value = json.loads(text)
         assert isinstance(value["answer"], int) and value["mood"] in ("happy", "sad")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-CONTEXT_LENGTH = 512
+CONTEXT_LENGTH = 2048
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

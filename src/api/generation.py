@@ -8,12 +8,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Union
 
-from ..core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
-from ..core.inference_engine import (GenerationRequest, InferenceEngine, RequestStream,
-                                     SamplingParams, Usage)
+from ..core.exceptions import (ClientDisconnectedError, InvalidRequestError, ServiceError,
+                               UnsupportedFeatureError)
+from ..core.inference_engine import (GenerationDelta, GenerationRequest, InferenceEngine,
+                                     RequestStream, SamplingParams, Usage)
 from ..core.model_manager import ModelLease
 from .request_trace import RequestTrace
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from .tool_calls import (CallStart, Content, ToolCallParser, ToolSetup, message_tool_calls,
+                         prompt_messages, tool_setup)
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
 DISCONNECT_CHECK_INTERVAL = 0.5  # how often a non-streaming request checks its client
@@ -30,6 +33,7 @@ class Job:
     response_id: str
     model: str
     trace: RequestTrace
+    tools: Optional[ToolSetup] = None  # chat with tools that may be called
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -53,28 +57,31 @@ def sampling_params(req: _SamplingFields, choice: int = 0) -> SamplingParams:
         logit_bias=dict(req.logit_bias or {}))
 
 
-def _check_capabilities(engine: InferenceEngine, req: Any) -> None:
+def _check_capabilities(engine: InferenceEngine, req: Any,
+                        json_schema: Optional[dict[str, Any]]) -> None:
     caps = engine.capabilities
     if req.logprobs_wanted is not None and not caps.logprobs:
         raise UnsupportedFeatureError("This model's engine cannot return logprobs.",
                                       param="logprobs")
-    if req.json_schema is not None and not caps.grammar:
+    if json_schema is not None and not caps.grammar:
         raise UnsupportedFeatureError("This model's engine cannot constrain its output to a "
                                       "JSON schema.", param="response_format")
 
 
-def _submit(lease: ModelLease, prompts: list[list[int]], req: Any,
-            response_id: str, trace: RequestTrace) -> Job:
-    job = Job(lease, [], response_id, req.model, trace)
+def _submit(lease: ModelLease, prompts: list[list[int]], req: Any, response_id: str,
+            trace: RequestTrace, tools: Optional[ToolSetup] = None) -> Job:
+    job = Job(lease, [], response_id, req.model, trace, tools)
+    # a required or named tool call is a JSON reply of a known shape
+    json_schema = (tools.call_schema() if tools else None) or req.json_schema
     try:
-        _check_capabilities(lease.engine, req)
+        _check_capabilities(lease.engine, req, json_schema)
         for tokens in prompts:
             for choice in range(req.n):
                 job.streams.append(lease.engine.submit(GenerationRequest(
                     request_id=f"{response_id}-{len(job.streams)}", prompt_tokens=tokens,
                     max_tokens=req.max_tokens, sampling=sampling_params(req, choice),
                     stop=req.stop_list, ignore_eos=req.ignore_eos,
-                    logprobs=req.logprobs_wanted, json_schema=req.json_schema)))
+                    logprobs=req.logprobs_wanted, json_schema=json_schema)))
     except BaseException as exc:
         job.close(getattr(exc, "status_code", 500))
         raise
@@ -93,12 +100,21 @@ def _prompt_tokens(lease: ModelLease, trace: RequestTrace,
 
 def start_chat(lease: ModelLease, req: ChatCompletionRequest, trace: RequestTrace) -> Job:
     """Render, tokenize and submit a chat request; the job owns the lease from here."""
+    setup: Optional[ToolSetup] = None
+
     def tokens(engine: InferenceEngine) -> list[list[int]]:
-        prompt = engine.render_chat([m.for_template() for m in req.messages], tools=req.tools)
+        nonlocal setup
+        setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls)
+        if setup and setup.call_schema() and req.json_schema:
+            raise InvalidRequestError("response_format cannot be combined with a required or "
+                                      "named tool_choice.", param="response_format")
+        messages, tools = prompt_messages([m.for_template() for m in req.messages], setup,
+                                          engine.capabilities.tools)
+        prompt = engine.render_chat(messages, tools=tools)
         return [engine.tokenize(prompt, add_special=True)]
 
     return _submit(lease, _prompt_tokens(lease, trace, tokens), req,
-                   f"chatcmpl-{uuid.uuid4().hex}", trace)
+                   f"chatcmpl-{uuid.uuid4().hex}", trace, setup)
 
 
 def start_completion(lease: ModelLease, req: CompletionRequest, trace: RequestTrace) -> Job:
@@ -200,14 +216,23 @@ def chat_response(job: Job, req: ChatCompletionRequest, deadline: Optional[float
                   client_gone: Callable[[], bool]) -> dict[str, Any]:
     results = _collect_all(job, deadline, client_gone)
     want_logprobs = req.logprobs_wanted is not None
-    return {
-        "id": job.response_id, "object": "chat.completion", "created": job.created,
-        "model": job.model, "system_fingerprint": None,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
-                     "logprobs": _chat_logprobs(r.logprobs if want_logprobs else None),
-                     "finish_reason": r.finish_reason} for i, r in enumerate(results)],
-        "usage": _usage_dict(job.trace),
-    }
+    choices = []
+    for i, r in enumerate(results):
+        message: dict[str, Any] = {"role": "assistant", "content": r.text}
+        finish = r.finish_reason
+        if job.tools is not None:
+            parser = ToolCallParser(job.tools.names)
+            events = parser.feed(r.text) + parser.finish()
+            if parser.calls:
+                text = "".join(e.text for e in events if isinstance(e, Content)).strip()
+                message = {"role": "assistant", "content": text or None,
+                           "tool_calls": message_tool_calls(parser.calls)}
+                finish = "tool_calls" if finish == "stop" else finish
+        choices.append({"index": i, "message": message, "finish_reason": finish,
+                        "logprobs": _chat_logprobs(r.logprobs if want_logprobs else None)})
+    return {"id": job.response_id, "object": "chat.completion", "created": job.created,
+            "model": job.model, "system_fingerprint": None, "choices": choices,
+            "usage": _usage_dict(job.trace)}
 
 
 def completion_response(job: Job, req: CompletionRequest, prompts_text: list[str],
@@ -232,10 +257,10 @@ def sse(data: Union[dict[str, Any], str]) -> str:
 
 
 def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_name: str,
-            choice: Callable[..., dict[str, Any]],
+            choices: Callable[[int, GenerationDelta], list[dict[str, Any]]],
             opening: list[dict[str, Any]]) -> Iterator[str]:
-    """SSE lines for a job: `choice(index, text, finish_reason, logprobs)` builds
-    one choice of a chunk. Choices stream one after the other, each in order."""
+    """SSE lines for a job: `choices(index, delta)` turns a delta into the
+    choices of zero or more chunks. Choices stream one after the other."""
 
     def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
         body = {"id": job.response_id, "object": object_name, "created": job.created,
@@ -258,8 +283,8 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
                     raise delta.error
                 if delta.token_count:
                     trace.first_token()
-                if delta.text or delta.final or delta.logprobs:
-                    yield chunk([choice(index, delta.text, delta.finish_reason, delta.logprobs)])
+                for body in choices(index, delta):
+                    yield chunk([body])
                 trace.add_usage(delta.usage)
         if include_usage:
             yield chunk([], _usage_dict(trace))
@@ -275,16 +300,44 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
 
 def chat_stream(job: Job, req: ChatCompletionRequest, deadline: Optional[float]) -> Iterator[str]:
     want_logprobs = req.logprobs_wanted is not None
+    parsers = ({i: ToolCallParser(job.tools.names) for i in range(len(job.streams))}
+               if job.tools is not None else {})
 
-    def choice(index: int, text: str, finish: Optional[str],
-               logprobs: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
-        return {"index": index, "delta": {"content": text} if text else {},
-                "logprobs": _chat_logprobs((logprobs or []) if want_logprobs else None),
-                "finish_reason": finish}
+    def choice(index: int, delta: dict[str, Any], finish: Optional[str] = None,
+               logprobs: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "finish_reason": finish,
+                "logprobs": _chat_logprobs((logprobs or []) if want_logprobs else None)}
 
-    opening = [{"index": i, "delta": {"role": "assistant", "content": ""},
-                "logprobs": None, "finish_reason": None} for i in range(len(job.streams))]
-    return _stream(job, deadline, req.include_usage, "chat.completion.chunk", choice, opening)
+    def choices(index: int, d: GenerationDelta) -> list[dict[str, Any]]:
+        parser = parsers.get(index)
+        if parser is None:
+            if not (d.text or d.final or d.logprobs):
+                return []
+            return [choice(index, {"content": d.text} if d.text else {}, d.finish_reason,
+                           d.logprobs)]
+        out = [choice(index, _tool_delta(e)) for e in parser.feed(d.text)]
+        if d.final:
+            out += [choice(index, _tool_delta(e)) for e in parser.finish()]
+            finish = "tool_calls" if parser.calls and d.finish_reason == "stop" else d.finish_reason
+            out.append(choice(index, {}, finish))
+        if d.logprobs and want_logprobs:  # they ride on the delta's first chunk
+            out = out or [choice(index, {})]
+            out[0]["logprobs"] = _chat_logprobs(d.logprobs)
+        return out
+
+    opening = [choice(i, {"role": "assistant", "content": ""}) for i in range(len(job.streams))]
+    for body in opening:
+        body["logprobs"] = None
+    return _stream(job, deadline, req.include_usage, "chat.completion.chunk", choices, opening)
+
+
+def _tool_delta(event: Any) -> dict[str, Any]:
+    if isinstance(event, Content):
+        return {"content": event.text}
+    if isinstance(event, CallStart):
+        return {"tool_calls": [{"index": event.index, "id": event.id, "type": "function",
+                                "function": {"name": event.name, "arguments": ""}}]}
+    return {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}
 
 
 def completion_stream(job: Job, req: CompletionRequest, prompts_text: list[str],
@@ -293,13 +346,15 @@ def completion_stream(job: Job, req: CompletionRequest, prompts_text: list[str],
     offsets = {i: len(prompts_text[i // req.n]) if req.echo else 0
                for i in range(len(job.streams))}
 
-    def choice(index: int, text: str, finish: Optional[str],
-               logprobs: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
-        formatted = _completion_logprobs((logprobs or []) if want_logprobs else None,
+    def choices(index: int, d: GenerationDelta) -> list[dict[str, Any]]:
+        if not (d.text or d.final or d.logprobs):
+            return []
+        formatted = _completion_logprobs((d.logprobs or []) if want_logprobs else None,
                                          offsets[index])
-        offsets[index] += sum(len(e["token"]) for e in logprobs or ())
-        return {"index": index, "text": text, "logprobs": formatted, "finish_reason": finish}
+        offsets[index] += sum(len(e["token"]) for e in d.logprobs or ())
+        return [{"index": index, "text": d.text, "logprobs": formatted,
+                 "finish_reason": d.finish_reason}]
 
     opening = ([{"index": i, "text": prompts_text[i // req.n], "logprobs": None,
                  "finish_reason": None} for i in range(len(job.streams))] if req.echo else [])
-    return _stream(job, deadline, req.include_usage, "text_completion", choice, opening)
+    return _stream(job, deadline, req.include_usage, "text_completion", choices, opening)

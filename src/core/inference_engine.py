@@ -93,7 +93,7 @@ class EngineCapabilities:
     embeddings: bool = False
     logprobs: bool = False
     grammar: bool = False
-    tools: bool = False
+    tools: bool = False  # the chat template renders `tools` itself
     seed: bool = True
     logit_bias: bool = True
 

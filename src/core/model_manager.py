@@ -103,6 +103,10 @@ class ModelManager:
     def ready_models(self) -> list[str]:
         return [m.model_id for m in list(self._models.values()) if m.state == "ready"]
 
+    def states(self) -> dict[str, tuple[str, Optional[str]]]:
+        """(state, error) of every model ever loaded: cheap, no catalog scan."""
+        return {m.model_id: (m.state, m.error) for m in list(self._models.values())}
+
     def describe(self, name: Optional[str] = None) -> list[dict[str, Any]]:
         """Every known model (or the one called `name`) with its state."""
         specs = [self.catalog.get(name)] if name else list(self.catalog.entries().values())

@@ -46,6 +46,7 @@ class ChatTemplate:
             raise ValueError(f"invalid chat template: {exc}") from exc
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.takes_tools = "tools" in source  # else tools go into a system prompt of ours
 
     def render(self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]] = None,
                add_generation_prompt: bool = True, **extra: Any) -> str:

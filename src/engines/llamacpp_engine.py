@@ -33,6 +33,8 @@ from ..core.inference_engine import (EngineCapabilities, EngineStatus, Generatio
 from ..core.text_stream import IncrementalText
 from .chat_template import ChatTemplate
 
+_LAX_JSON_CHAR = r'char ::= [^"\\] |'
+_STRICT_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 _backend_ready = False
 _LOG_LEVELS = {3: "WARNING", 4: "ERROR"}  # ggml_log_level: 2 is INFO, 5 continues a line
 
@@ -212,7 +214,8 @@ class LlamaCppEngine(InferenceEngine):
     @property
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  grammar=True)
+                                  grammar=True,
+                                  tools=bool(self._template and self._template.takes_tools))
 
     @property
     def context_length(self) -> int:
@@ -440,6 +443,9 @@ class LlamaCppEngine(InferenceEngine):
         if request.json_schema is not None:
             try:
                 grammar = json_schema_to_gbnf(json.dumps(request.json_schema))
+                # strict JSON has no raw control characters in strings; this
+                # converter's `char` rule allows them, and clients' parsers refuse them
+                grammar = grammar.replace(_LAX_JSON_CHAR, _STRICT_JSON_CHAR)
             except Exception as exc:  # the converter raises plain errors for what it lacks
                 raise InvalidRequestError(f"This JSON schema cannot be enforced: {exc}",
                                           param="response_format") from None

@@ -19,11 +19,11 @@ def _manager() -> ModelManager:
 def health():
     """Liveness for load balancers: 200 while at least one model is ready."""
     mgr = _manager()
-    models = mgr.describe()
-    ready = [m["id"] for m in models if m["state"] == "ready"]
+    states = mgr.states()
+    ready = [mid for mid, (state, _) in states.items() if state == "ready"]
     body = {"status": "healthy" if ready else "unavailable", "models_ready": ready,
-            "models_loading": [m["id"] for m in models if m["state"] == "loading"],
-            "model_errors": {m["id"]: m["error"] for m in models if m["state"] == "error"},
+            "models_loading": [mid for mid, (state, _) in states.items() if state == "loading"],
+            "model_errors": {mid: err for mid, (state, err) in states.items() if state == "error"},
             "default_model": mgr.default_model_id}
     return jsonify(body), 200 if ready else 503
 
