@@ -162,3 +162,30 @@ def test_token_ids_outside_the_vocabulary_are_a_400_not_a_failed_batch(tiny_serv
         tiny_server.client().completions.create(model="tiny-chat", prompt=[1, 2, 10**6],
                                                 max_tokens=2)
     assert err.value.body["param"] == "prompt"
+
+
+def test_embeddings_float_base64_dimensions(smollm_server):
+    import numpy as np
+
+    client = smollm_server.client()
+    texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell."]
+    resp = client.embeddings.create(model="SmolLM2-135M-Instruct", input=texts,
+                                    encoding_format="float")
+    vectors = np.array([d.embedding for d in resp.data])
+    assert [d.index for d in resp.data] == [0, 1, 2] and vectors.shape[1] == 576
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > sims[0, 2]  # the paraphrase is closer than the unrelated sentence
+    assert resp.usage.prompt_tokens == resp.usage.total_tokens > 10
+    # the SDK asks for base64 by default and decodes it
+    again = client.embeddings.create(model="SmolLM2-135M-Instruct", input=texts[0])
+    assert np.allclose(again.data[0].embedding, vectors[0], atol=1e-5)
+    short = client.embeddings.create(model="SmolLM2-135M-Instruct", input=texts[0],
+                                     dimensions=64, encoding_format="float")
+    assert len(short.data[0].embedding) == 64
+    assert abs(np.linalg.norm(short.data[0].embedding) - 1.0) < 1e-4
+    for kwargs, param in ((dict(input=""), "input"), (dict(input="x", dimensions=10**5),
+                                                      "dimensions")):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.embeddings.create(model="SmolLM2-135M-Instruct", **kwargs)
+        assert err.value.body["param"] == param

@@ -14,6 +14,7 @@ from ..core.model_catalog import ModelSettings
 
 
 MAX_CHOICES = 16  # `n`: each choice is a sequence of its own in the engine
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
 
 
 class _Lenient(BaseModel):
@@ -206,6 +207,30 @@ class CompletionRequest(_SamplingFields):
         if all(isinstance(p, int) for p in self.prompt):
             return [list(self.prompt)]
         return list(self.prompt)
+
+
+class EmbeddingRequest(_Lenient):
+    model: str
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, ge=1)
+    user: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _input_not_empty(self) -> "EmbeddingRequest":
+        if self.input == "" or self.input == [] or self.input == [""]:
+            raise InvalidRequestError("input must not be empty.", param="input")
+        if isinstance(self.input, list) and len(self.input) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequestError(f"At most {MAX_EMBEDDING_INPUTS} inputs per request.",
+                                      param="input")
+        return self
+
+    def inputs(self) -> list[Union[str, list[int]]]:
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(x, int) for x in self.input):
+            return [list(self.input)]  # type: ignore[arg-type]
+        return list(self.input)
 
 
 class TokenizeRequest(_Lenient):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from .concurrency import CrossThreadQueue
-from .exceptions import RequestTimeoutError, ServiceError
+from .exceptions import RequestTimeoutError, ServiceError, UnsupportedFeatureError
 
 
 @dataclass
@@ -229,8 +229,7 @@ class InferenceEngine(ABC):
     def abort(self, request_id: str) -> None:
         """Stop a request and free its slot; unknown ids are ignored."""
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        from .exceptions import UnsupportedFeatureError
-
+    def embed(self, inputs: list[list[int]], timeout: float) -> list[list[float]]:
+        """One L2-normalised embedding per input (token ids)."""
         raise UnsupportedFeatureError(f"The {self.name} engine does not serve embeddings "
                                       f"for model '{self.model_id}'.", param="model")

@@ -24,14 +24,17 @@ from loguru import logger
 import llama_cpp as _lib
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
+from ..core.concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_lock,
+                                start_native_thread)
 from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
-                               ModelLoadError, ServiceUnavailableError)
+                               ModelLoadError, RequestTimeoutError, ServiceError,
+                               ServiceUnavailableError)
 from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
                                      GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
 from ..core.text_stream import IncrementalText
 from .chat_template import ChatTemplate
+from .llamacpp_embeddings import LlamaCppEmbedder
 
 _LAX_JSON_CHAR = r'char ::= [^"\\] |'
 _STRICT_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
@@ -72,6 +75,13 @@ SLOT_PREFIX_SIMILARITY = 0.5
 # Copying a slot costs one pass over its whole KV buffer, recomputing costs a
 # forward pass per token: below this many shared tokens, recompute.
 MIN_COPIED_PREFIX = 32
+
+
+@dataclass
+class _EmbedJob:
+    inputs: list[list[int]]
+    done: CrossThreadQueue  # gets the vectors, or the error
+    cancelled: bool = False
 
 
 @dataclass
@@ -116,6 +126,8 @@ class LlamaCppEngine(InferenceEngine):
         self._add_bos = False
         self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._aborts: deque[str] = deque()
+        self._embed_jobs: deque[_EmbedJob] = deque()
+        self._embedder: Optional[LlamaCppEmbedder] = None  # made on the first embedding request
         self._active: dict[str, _Sequence] = {}
         self._free_slots: list[_Slot] = []
         self._wakeup = NativeWakeup()
@@ -214,6 +226,7 @@ class LlamaCppEngine(InferenceEngine):
     @property
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
+                                  embeddings=True,
                                   grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
@@ -276,6 +289,29 @@ class LlamaCppEngine(InferenceEngine):
         self._wakeup.notify()
         return stream
 
+    def embed(self, inputs: list[list[int]], timeout: float) -> list[list[float]]:
+        if self._state != "ready":
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
+        for tokens in inputs:
+            if not tokens:
+                raise InvalidRequestError("An input is empty.", param="input")
+            self._check_tokens(tokens, "input")
+            if len(tokens) > self._n_ctx_seq:
+                raise ContextLengthExceededError(self._n_ctx_seq, len(tokens), param="input")
+        job = _EmbedJob(inputs, CrossThreadQueue())
+        self._embed_jobs.append(job)
+        self._wakeup.notify()
+        try:
+            got = job.done.take(timeout)
+        finally:
+            job.done.close()
+        if not got:
+            job.cancelled = True
+            raise RequestTimeoutError("The embedding request took longer than REQUEST_TIMEOUT.")
+        if isinstance(got[0], ServiceError):
+            raise got[0]
+        return got[0]
+
     def abort(self, request_id: str) -> None:
         self._aborts.append(request_id)
         self._wakeup.notify()
@@ -285,9 +321,11 @@ class LlamaCppEngine(InferenceEngine):
         try:
             while not self._stopping:
                 self._apply_aborts()
+                self._run_embedding_job()
                 self._admit()
                 if not self._active:
-                    self._wakeup.wait(0.5)
+                    if not self._embed_jobs:
+                        self._wakeup.wait(0.5)
                     continue
                 self._step()
         except Exception as exc:  # a bug must end requests, not hang them
@@ -296,7 +334,25 @@ class LlamaCppEngine(InferenceEngine):
             self._state = "failed"
         finally:
             self._fail_all(ServiceUnavailableError(f"Model '{self.model_id}' was unloaded."))
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
             self._exited.release()
+
+    def _run_embedding_job(self) -> None:
+        """One embedding request, between two decode steps."""
+        if not self._embed_jobs:
+            return
+        job = self._embed_jobs.popleft()
+        if job.cancelled:
+            return
+        try:
+            if self._embedder is None:
+                self._embedder = LlamaCppEmbedder(self._model, self._n_ctx_seq,
+                                                  self.options.threads or _physical_cores())
+            job.done.put([self._embedder.embed(tokens).tolist() for tokens in job.inputs])
+        except ServiceError as exc:
+            job.done.put(exc)
 
     def _admit(self) -> None:
         while self._pending and self._free_slots:
@@ -423,6 +479,8 @@ class LlamaCppEngine(InferenceEngine):
                                         logprobs=logprobs))
 
     def _fail_all(self, error) -> None:
+        while self._embed_jobs:
+            self._embed_jobs.popleft().done.put(error)
         for seq in list(self._active.values()):
             self._finish(seq, error=error)
         while self._pending:

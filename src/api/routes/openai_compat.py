@@ -1,13 +1,17 @@
-"""The OpenAI routes: models, chat completions, completions."""
+"""The OpenAI routes: models, chat completions, completions, embeddings; and vLLM's
+/tokenize and /detokenize."""
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from ...core.exceptions import ClientDisconnectedError
+from ...core.exceptions import (ClientDisconnectedError, InvalidRequestError,
+                               UnsupportedFeatureError)
 from ...core.model_manager import ModelManager
 from ..client_connection import client_disconnected
 from ..generation import (Job, chat_response, chat_stream, completion_response, completion_stream,
@@ -15,7 +19,7 @@ from ..generation import (Job, chat_response, chat_stream, completion_response, 
 from ..request_parsing import parse_body
 from ..request_trace import RequestTrace
 from ..schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                       TokenizeRequest)
+                       EmbeddingRequest, TokenizeRequest)
 
 bp = Blueprint("openai", __name__)
 
@@ -114,3 +118,40 @@ def detokenize():
     req = parse_body(DetokenizeRequest)
     with manager().acquire(req.model, _timeout()) as lease:
         return jsonify({"prompt": lease.engine.detokenize(req.tokens)})
+
+
+@bp.post("/v1/embeddings")
+@bp.post("/embeddings")
+def embeddings():
+    req = parse_body(EmbeddingRequest)
+    with manager().acquire(req.model, _timeout()) as lease:
+        engine = lease.engine
+        if not engine.capabilities.embeddings:
+            raise UnsupportedFeatureError(f"Model '{lease.model_id}' cannot compute embeddings.",
+                                          param="model")
+        inputs = [x if isinstance(x, list) else engine.tokenize(x, add_special=True)
+                  for x in req.inputs()]
+        vectors = engine.embed(inputs, _timeout())
+    if req.dimensions is not None:
+        vectors = [_shorten(v, req.dimensions) for v in vectors]
+    data = [{"object": "embedding", "index": i,
+             "embedding": _encode(v, req.encoding_format)} for i, v in enumerate(vectors)]
+    used = sum(len(x) for x in inputs)
+    return jsonify({"object": "list", "data": data, "model": req.model,
+                    "usage": {"prompt_tokens": used, "total_tokens": used}})
+
+
+def _shorten(vector: list[float], dimensions: int) -> list[float]:
+    """The first `dimensions` values, normalised again (as OpenAI's `dimensions` does)."""
+    if dimensions > len(vector):
+        raise InvalidRequestError(f"dimensions must be at most {len(vector)} for this model.",
+                                  param="dimensions")
+    head = np.asarray(vector[:dimensions], dtype=np.float32)
+    norm = float(np.linalg.norm(head))
+    return (head / norm if norm > 0 else head).tolist()
+
+
+def _encode(vector: list[float], encoding: str) -> Any:
+    if encoding == "base64":  # little-endian float32, what the SDKs decode
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector
