@@ -23,7 +23,7 @@ from ..utils.logger import logger, setup_logging
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
 from .middleware import access_log, request_id
-from .routes import management, openai_compat, system
+from .routes import custom_protocol, management, openai_compat, responses, system
 from .system_sampler import start_system_sampler
 
 _HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
@@ -95,6 +95,8 @@ def create_app(settings: Optional[Settings] = None,
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(system.bp)
+    app.register_blueprint(responses.bp)
+    app.register_blueprint(custom_protocol.bp)
     platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
         manager, platform = build_model_manager(settings)

@@ -256,6 +256,39 @@ def sse(data: Union[dict[str, Any], str]) -> str:
     return f"data: {payload}\n\n"
 
 
+def job_deltas(job: Job, deadline: Optional[float]
+               ) -> Iterator[tuple[int, Optional[GenerationDelta]]]:
+    """(choice index, delta) as they come, choice after choice; (index, None)
+    after KEEPALIVE_INTERVAL of silence. Raises the error a delta carries."""
+    for index, stream in enumerate(job.streams):
+        for delta in stream.iter_deltas(deadline, idle_interval=KEEPALIVE_INTERVAL):
+            if delta is not None:
+                if delta.error is not None:
+                    raise delta.error
+                if delta.token_count:
+                    job.trace.first_token()
+                job.trace.add_usage(delta.usage)
+            yield index, delta
+
+
+def run_stream(job: Job, lines: Iterator[str], error_line: Callable[[ServiceError], str],
+               last_line: str = "") -> Iterator[str]:
+    """The SSE lines of a job, ending it once whatever happens: an error
+    becomes `error_line`, a client that leaves (the generator closed) a 499."""
+    status = ClientDisconnectedError.status_code  # unless the stream runs to its end
+    try:
+        yield from lines
+        status = 200
+    except ServiceError as exc:
+        status = exc.status_code
+        job.close(status)
+        yield error_line(exc)
+    finally:
+        job.close(status)
+    if last_line:
+        yield last_line
+
+
 def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_name: str,
             choices: Callable[[int, GenerationDelta], list[dict[str, Any]]],
             opening: list[dict[str, Any]]) -> Iterator[str]:
@@ -269,33 +302,19 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
             body["usage"] = usage
         return sse(body)
 
-    trace = job.trace
-    status = ClientDisconnectedError.status_code  # unless the stream runs to its end
-    try:
+    def lines() -> Iterator[str]:
         for body in opening:
             yield chunk([body])
-        for index, stream in enumerate(job.streams):
-            for delta in stream.iter_deltas(deadline, idle_interval=KEEPALIVE_INTERVAL):
-                if delta is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                if delta.error is not None:
-                    raise delta.error
-                if delta.token_count:
-                    trace.first_token()
-                for body in choices(index, delta):
-                    yield chunk([body])
-                trace.add_usage(delta.usage)
+        for index, delta in job_deltas(job, deadline):
+            if delta is None:
+                yield ": keep-alive\n\n"
+                continue
+            for body in choices(index, delta):
+                yield chunk([body])
         if include_usage:
-            yield chunk([], _usage_dict(trace))
-        status = 200
-    except ServiceError as exc:
-        status = exc.status_code
-        job.close(status)
-        yield sse(exc.to_dict())
-    finally:
-        job.close(status)
-    yield sse("[DONE]")
+            yield chunk([], _usage_dict(job.trace))
+
+    return run_stream(job, lines(), lambda exc: sse(exc.to_dict()), sse("[DONE]"))
 
 
 def chat_stream(job: Job, req: ChatCompletionRequest, deadline: Optional[float]) -> Iterator[str]:

@@ -18,8 +18,13 @@ def parse_body(model: Type[M]) -> M:
                                   "must be a JSON object (Content-Type: application/json).")
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    return validate_as(model, body)
+
+
+def validate_as(model: Type[M], data: dict) -> M:
+    """`data` as `model`, or a 400 that names the first bad field."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))

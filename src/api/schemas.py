@@ -61,7 +61,7 @@ class StreamOptions(_Lenient):
 
 
 class _SamplingFields(_Lenient):
-    model: str
+    model: str = ""  # empty: the default model (Dify's credential check sends none)
     max_tokens: Optional[int] = Field(
         None, ge=1, validation_alias=AliasChoices("max_tokens", "max_completion_tokens"))
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -210,7 +210,7 @@ class CompletionRequest(_SamplingFields):
 
 
 class EmbeddingRequest(_Lenient):
-    model: str
+    model: str = ""  # empty: the default model
     input: Union[str, list[str], list[int], list[list[int]]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = Field(None, ge=1)
@@ -236,7 +236,7 @@ class EmbeddingRequest(_Lenient):
 class TokenizeRequest(_Lenient):
     """vLLM's /tokenize: `prompt`, or `messages` rendered with the chat template."""
 
-    model: str
+    model: str = ""  # empty: the default model
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = None
     add_special_tokens: bool = True
@@ -250,7 +250,7 @@ class TokenizeRequest(_Lenient):
 
 
 class DetokenizeRequest(_Lenient):
-    model: str
+    model: str = ""  # empty: the default model
     tokens: list[int]
 
 

@@ -32,7 +32,8 @@ def _timeout() -> float:
     return current_app.config["SETTINGS"].request_timeout
 
 
-def _event_stream(lines: Iterator[str], job: Job) -> Response:
+def event_stream(lines: Iterator[str], job: Job) -> Response:
+    """A streamed answer that ends its job even when it never starts."""
     response = Response(stream_with_context(lines), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     # a client gone before the first chunk: the generator never ran, end the job here
@@ -65,34 +66,46 @@ def get_model(model_id: str):
     return jsonify(_model_object(manager().describe(model_id)[0]))
 
 
+def _with_model(req: Any) -> Any:
+    req.model = req.model or manager().default_model_id
+    return req
+
+
 def _trace(model: str, endpoint: str, req: Any) -> RequestTrace:
     trace = RequestTrace(current_app.extensions["metrics"], model, endpoint, req.stream, req.n)
     g.trace = trace  # for the access log line
     return trace
 
 
+def start_chat_job(req: ChatCompletionRequest, endpoint: str) -> tuple[Job, float]:
+    """A chat request under way on its model (the default one when it names
+    none), and its deadline: what every chat-shaped route starts from."""
+    _with_model(req)
+    lease = manager().acquire(req.model, _timeout())
+    deadline = time.monotonic() + _timeout()
+    return start_chat(lease, req, _trace(lease.model_id, endpoint, req)), deadline
+
+
 @bp.post("/v1/chat/completions")
 @bp.post("/chat/completions")  # clients configured without the /v1 prefix
 def chat_completions():
     req = parse_body(ChatCompletionRequest)
-    lease = manager().acquire(req.model, _timeout())
-    deadline = time.monotonic() + _timeout()
-    job = start_chat(lease, req, _trace(lease.model_id, "chat", req))
+    job, deadline = start_chat_job(req, "chat")
     if req.stream:
-        return _event_stream(chat_stream(job, req, deadline), job)
+        return event_stream(chat_stream(job, req, deadline), job)
     return jsonify(chat_response(job, req, deadline, client_disconnected(request.environ)))
 
 
 @bp.post("/v1/completions")
 @bp.post("/completions")
 def completions():
-    req = parse_body(CompletionRequest)
+    req = _with_model(parse_body(CompletionRequest))
     lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
     job = start_completion(lease, req, _trace(lease.model_id, "completions", req))
     prompts = [p if isinstance(p, str) else job.engine.detokenize(p) for p in req.prompts()]
     if req.stream:
-        return _event_stream(completion_stream(job, req, prompts, deadline), job)
+        return event_stream(completion_stream(job, req, prompts, deadline), job)
     return jsonify(completion_response(job, req, prompts, deadline,
                                        client_disconnected(request.environ)))
 
@@ -100,7 +113,7 @@ def completions():
 @bp.post("/tokenize")
 def tokenize():
     """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template."""
-    req = parse_body(TokenizeRequest)
+    req = _with_model(parse_body(TokenizeRequest))
     with manager().acquire(req.model, _timeout()) as lease:
         engine = lease.engine
         if req.messages is not None:
@@ -115,7 +128,7 @@ def tokenize():
 
 @bp.post("/detokenize")
 def detokenize():
-    req = parse_body(DetokenizeRequest)
+    req = _with_model(parse_body(DetokenizeRequest))
     with manager().acquire(req.model, _timeout()) as lease:
         return jsonify({"prompt": lease.engine.detokenize(req.tokens)})
 
@@ -123,7 +136,7 @@ def detokenize():
 @bp.post("/v1/embeddings")
 @bp.post("/embeddings")
 def embeddings():
-    req = parse_body(EmbeddingRequest)
+    req = _with_model(parse_body(EmbeddingRequest))
     with manager().acquire(req.model, _timeout()) as lease:
         engine = lease.engine
         if not engine.capabilities.embeddings:

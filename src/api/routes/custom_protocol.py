@@ -1,0 +1,56 @@
+"""The original framework's custom protocol: `POST /generate` with a prompt,
+system instructions and the earlier turns as two lists (inputs and outputs,
+paired), plus any chat sampling field. The answer is a chat completion with
+the reply's text also at the top level (`text`, `finish_reason`); streams
+send chat completion chunks."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from flask import Blueprint, jsonify, request
+from pydantic import Field
+
+from ...core.exceptions import InvalidRequestError
+from ..client_connection import client_disconnected
+from ..generation import chat_response, chat_stream
+from ..request_parsing import parse_body, validate_as
+from ..schemas import ChatCompletionRequest, _Lenient
+from .openai_compat import event_stream, start_chat_job
+
+bp = Blueprint("custom_protocol", __name__)
+
+
+class GenerateRequest(_Lenient):
+    model: str = ""  # empty: the default model
+    prompt: str = Field(min_length=1)
+    system_info: Optional[str] = None
+    history_input: list[str] = Field(default_factory=list)
+    history_output: list[str] = Field(default_factory=list)
+
+    def messages(self) -> list[dict[str, Any]]:
+        if len(self.history_input) != len(self.history_output):
+            raise InvalidRequestError("history_input and history_output must have the same "
+                                      "length: they are the earlier turns, paired.",
+                                      param="history_output")
+        messages = [{"role": "system", "content": self.system_info}] if self.system_info else []
+        for said, answered in zip(self.history_input, self.history_output):
+            messages += [{"role": "user", "content": said},
+                         {"role": "assistant", "content": answered}]
+        return messages + [{"role": "user", "content": self.prompt}]
+
+
+@bp.post("/generate")
+def generate():
+    body = request.get_json(silent=True, force=True)
+    req = parse_body(GenerateRequest)
+    # every sampling field of a chat request (temperature, max_tokens, stop, seed...) applies
+    sampling = {k: v for k, v in (body or {}).items()
+                if k not in GenerateRequest.model_fields or k == "model"}
+    chat = validate_as(ChatCompletionRequest, {**sampling, "messages": req.messages()})
+    job, deadline = start_chat_job(chat, "generate")
+    if chat.stream:
+        return event_stream(chat_stream(job, chat, deadline), job)
+    reply = chat_response(job, chat, deadline, client_disconnected(request.environ))
+    first = reply["choices"][0]
+    return jsonify({**reply, "object": "generation", "text": first["message"]["content"],
+                    "finish_reason": first["finish_reason"]})

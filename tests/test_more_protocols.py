@@ -1,0 +1,92 @@
+"""The Responses API, the custom /generate protocol and Dify's requests, on
+the real server with the real clients."""
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+import requests
+
+
+def test_responses_api_with_the_sdk(smollm_server):
+    client = smollm_server.client()
+    resp = client.responses.create(model="SmolLM2-135M-Instruct", input="What is 2+2?",
+                                   instructions="Answer with a number.", max_output_tokens=8,
+                                   temperature=0)
+    assert resp.object == "response" and resp.status in ("completed", "incomplete")
+    assert resp.output_text
+    assert resp.usage.input_tokens > 5 and 0 < resp.usage.output_tokens <= 8
+    chat = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0,
+        messages=[{"role": "system", "content": "Answer with a number."},
+                  {"role": "user", "content": "What is 2+2?"}])
+    assert resp.output_text == chat.choices[0].message.content  # the same chat underneath
+
+
+def test_responses_api_stream_events(smollm_server):
+    client = smollm_server.client()
+    events = list(client.responses.create(
+        model="SmolLM2-135M-Instruct", stream=True, max_output_tokens=6, temperature=0,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Say hello."}]}]))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added"]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert deltas and deltas == done.text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.usage.output_tokens == 6
+
+
+def test_responses_api_refuses_what_it_cannot_do(tiny_server):
+    client = tiny_server.client()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="tiny-chat", input="hi", previous_response_id="resp_x")
+    assert err.value.body["param"] == "previous_response_id"
+
+
+def test_generate_with_history(tiny_server):
+    url = f"{tiny_server.url}/generate"
+    body = {"model": "tiny-chat", "prompt": "and now?", "system_info": "Be brief.",
+            "history_input": ["hello"], "history_output": ["hi there"], "max_tokens": 6,
+            "temperature": 0}
+    r = requests.post(url, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["object"] == "generation" and answer["usage"]["completion_tokens"] == 6
+    # the same conversation as chat messages gives the same text
+    chat = tiny_server.client().chat.completions.create(
+        model="tiny-chat", max_tokens=6, temperature=0,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
+                  {"role": "assistant", "content": "hi there"},
+                  {"role": "user", "content": "and now?"}])
+    assert answer["text"] == chat.choices[0].message.content
+    streamed = requests.post(url, json={**body, "stream": True}, stream=True, timeout=60)
+    lines = [line for line in streamed.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+                   for line in lines[:-1] if line.startswith(b"data: {"))
+    assert text == answer["text"]
+    bad = requests.post(url, json={**body, "history_output": []}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "history_output"
+    bad = requests.post(url, json={**body, "temperature": 9}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+
+
+def test_difys_credential_check_and_stream_parser(tiny_server):
+    r = requests.post(f"{tiny_server.base_url}/chat/completions", timeout=60,
+                      json={"messages": [{"role": "user", "content": "ping"}], "max_tokens": 5})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert r.json()["model"] == "tiny-chat"  # no model given: the default one
+    stream = requests.post(f"{tiny_server.base_url}/chat/completions", stream=True, timeout=60,
+                           json={"messages": [{"role": "user", "content": "ping"}],
+                                 "max_tokens": 5, "stream": True})
+    raw = stream.content.decode()
+    for block in raw.strip().split("\n\n"):  # Dify splits on blank lines
+        assert block.startswith("data: ") or block.startswith(":")
+        payload = block[6:]
+        if block.startswith("data: ") and payload != "[DONE]":
+            json.loads(payload)  # every data line but the last is JSON
+    assert raw.rstrip().endswith("data: [DONE]")
