@@ -90,3 +90,18 @@ def test_difys_credential_check_and_stream_parser(tiny_server):
         if block.startswith("data: ") and payload != "[DONE]":
             json.loads(payload)  # every data line but the last is JSON
     assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_openapi_describes_every_route(tiny_server):
+    doc = requests.get(f"{tiny_server.url}/openapi.json", timeout=10).json()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+                 "/v1/models", "/v1/models/{model_id}/unload", "/v1/models/load", "/generate",
+                 "/tokenize", "/detokenize", "/health", "/metrics", "/v1/system/status",
+                 "/v1/logs/recent"):
+        assert path in doc["paths"], path
+    chat = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    ref = chat["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    schema = doc["components"]["schemas"][ref]
+    assert {"messages", "tools", "response_format", "logprobs"} <= set(schema["properties"])
+    assert "delete" in doc["paths"]["/v1/models/{model_id}"]

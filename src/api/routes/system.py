@@ -98,6 +98,14 @@ def prometheus_metrics():
                     mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
+@bp.get("/openapi.json")
+def openapi_document():
+    """This API described in OpenAPI 3.1."""
+    from ..openapi import build_openapi  # it imports every route module
+
+    return jsonify(build_openapi(current_app))
+
+
 @bp.get("/v1/logs/recent")
 def logs_recent():
     try:
