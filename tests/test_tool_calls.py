@@ -46,6 +46,8 @@ def parse(text: str, pieces: int):
      '{"a": 5, "b": 6}}]', "", [("add", {"a": 1, "b": 2}), ("add", {"a": 5, "b": 6})]),
     ('[TOOL_CALLS] [{"name": "add", "arguments": {"a": 9, "b": 9}}]', "",
      [("add", {"a": 9, "b": 9})]),
+    ('<|python_tag|>{"name": "add", "parameters": {"a": 7, "b": 0}}', "",
+     [("add", {"a": 7, "b": 0})]),
     ('{"arguments": {"a": 2, "b": 2}, "name": "add"}', "", [("add", {"a": 2, "b": 2})]),
     ('{"name": "rm_rf", "arguments": {}}', '{"name": "rm_rf", "arguments": {}}', []),
     ("[1, 2] is a list; <tool_ca is not a tag", "[1, 2] is a list; <tool_ca is not a tag", []),
@@ -132,3 +134,21 @@ def test_bad_tool_requests_are_precise_400s(tools_server, kwargs, param):
         tools_server.client().chat.completions.create(model=MODEL, messages=ASK,
                                                      max_tokens=5, **kwargs)
     assert err.value.body["param"] == param
+
+
+def test_a_template_that_takes_tools_renders_them_itself():
+    from src.api.tool_calls import prompt_messages, tool_setup
+    from src.engines.chat_template import ChatTemplate
+
+    template = ChatTemplate("{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }} "
+                            "{% endfor %}\n{% endif %}{% for m in messages %}{{ m.role }}: "
+                            "{{ m.content }}\n{% endfor %}")
+    assert template.takes_tools
+    setup = tool_setup([WEATHER, ADD], "auto", None)
+    messages, tools = prompt_messages(ASK, setup, template.takes_tools)
+    assert messages == ASK and tools == [WEATHER, ADD]
+    assert template.render(messages, tools=tools).startswith("TOOLS:get_weather add user: ")
+    # a template without tools: ours goes into the system prompt instead
+    messages, tools = prompt_messages(ASK, setup, False)
+    assert tools is None and messages[0]["role"] == "system"
+    assert '"get_weather"' in messages[0]["content"]

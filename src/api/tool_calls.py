@@ -6,8 +6,8 @@ gets a system prompt of ours that asks for Hermes-style calls
 and a named `tool_choice` constrain the output to a JSON call (a grammar from
 a JSON schema), so they always yield a valid call. The parser reads the
 common formats: Hermes/Qwen `<tool_call>` JSON, a bare JSON call or list of
-calls (Llama 3 style, and what the grammar produces), and Mistral's
-`[TOOL_CALLS] [...]`, incrementally, so a stream sends the call's name first
+calls (Llama 3 style, with or without `<|python_tag|>`, and what the grammar
+produces), and Mistral's `[TOOL_CALLS] [...]`, incrementally, so a stream sends the call's name first
 and its arguments in pieces as the model writes them.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any, Optional, Union
 from ..core.exceptions import InvalidRequestError
 
 HERMES_START, HERMES_END, MISTRAL_START = "<tool_call>", "</tool_call>", "[TOOL_CALLS]"
-_MARKERS = (HERMES_START, MISTRAL_START)
+LLAMA3_START = "<|python_tag|>"  # Llama 3.1+ may open a JSON call with it
+_MARKERS = (HERMES_START, MISTRAL_START, LLAMA3_START)
 # a call whose name comes first: its arguments can stream as they are written
 _LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
 _NAME_FIRST = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"'
