@@ -86,9 +86,9 @@ def run_py(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_forced_engine_missing_stops_startup():
-    out = run_py("--mode", "prod", env={"INFERENCE_ENGINE": "mlx"})
+    out = run_py("--mode", "prod", env={"INFERENCE_ENGINE": "vllm"})
     assert out.returncode == 1
-    assert "Engine 'mlx'" in out.stderr and "not installed" in out.stderr
+    assert "Engine 'vllm'" in out.stderr and "not installed" in out.stderr
 
 
 def test_missing_default_model_stops_startup(tmp_path):

@@ -21,8 +21,8 @@ from loguru import logger
 
 from .concurrency import (CrossThreadQueue, allocate_native_lock, native_sleep,
                           start_native_thread)
-from .exceptions import (ConflictError, ModelLoadError, ModelNotLoadedError, ServiceError,
-                         ServiceUnavailableError)
+from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotLoadedError,
+                         ServiceError, ServiceUnavailableError)
 from .inference_engine import EngineOptions, InferenceEngine
 from .model_catalog import ModelCatalog, ModelSettings, ModelSpec
 
@@ -206,8 +206,23 @@ class ModelManager:
         self._wait_loaded(spec.model_id, deadline, accept_loading=True)
         return self._describe(spec)
 
+    def _engine_name(self, spec: ModelSpec) -> str:
+        """The engine a request or models.yaml names, else the model's format decides:
+        a .gguf file -> llama_cpp; a folder -> vllm on CUDA, mlx on Apple Silicon."""
+        if spec.engine:
+            return spec.engine
+        if spec.path is not None and spec.path.is_dir():
+            if self.default_engine not in ("vllm", "mlx"):
+                raise InvalidRequestError(f"'{spec.model_id}' is a model folder: on this "
+                                          f"machine give engine_type mlx or vllm to load it.",
+                                          param="engine_type")
+            return self.default_engine
+        if spec.path is not None and spec.path.suffix == ".gguf":
+            return "llama_cpp"
+        return self.default_engine
+
     def _begin_load(self, spec: ModelSpec) -> None:
-        engine_name = spec.engine or self.default_engine
+        engine_name = self._engine_name(spec)
         engine_class = self._engine_class_for(engine_name)  # 400 when not available here
         options = spec.engine_options(self._options, self._chat_template(spec))
         victims: list[_Model] = []

@@ -13,8 +13,10 @@ from ..core.model_catalog import check_engine_name
 
 _ENGINES = {
     "llama_cpp": ("src.engines.llamacpp_engine", "LlamaCppEngine"),
+    "mlx": ("src.engines.mlx_engine", "MLXEngine"),
 }
-_FORMATS = {"llama_cpp": "GGUF file (.gguf)"}
+_FORMATS = {"llama_cpp": "GGUF file (.gguf)",
+            "mlx": "model folder (config.json, *.safetensors, tokenizer files)"}
 
 
 def implemented_engines() -> list[str]:

@@ -1,0 +1,254 @@
+"""MLX engine (Apple Silicon; MLX's CPU build runs it on Linux too), driven
+through mlx-lm.
+
+MLX arrays belong to the thread that made them, so one native thread per
+model loads the weights and does all the MLX work: it takes requests one at
+a time and streams each with `mlx_lm.stream_generate`, sampling with
+`make_sampler` and `make_logits_processors`. Models load from a local folder
+(config.json, safetensors, tokenizer files); never from a hub.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+from loguru import logger
+
+from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
+from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
+                               ModelLoadError, ServiceUnavailableError, UnsupportedFeatureError)
+from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
+                                     GenerationRequest, InferenceEngine, RequestStream, Usage)
+from ..core.text_stream import StopMatcher
+from .chat_template import ChatTemplate
+
+
+class MLXEngine(InferenceEngine):
+    name = "mlx"
+
+    def __init__(self, model_id: str, options=None):
+        super().__init__(model_id, options)
+        self._state = "unloaded"
+        self._path = ""
+        self._tokenizer: Any = None
+        self._template: Optional[ChatTemplate] = None
+        self._context_length = 0
+        self._vocab_size = 0
+        self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
+        self._aborted: set[str] = set()
+        self._running: Optional[str] = None
+        self._wakeup = NativeWakeup()
+        self._loaded = allocate_native_lock()
+        self._exited = allocate_native_lock()
+        self._load_error: Optional[str] = None
+        self._stopping = False
+        self._loaded_at: Optional[float] = None
+        self._tokens_generated = 0
+        self._recent_tps = 0.0
+
+    # lifecycle -----------------------------------------------------------
+    @classmethod
+    def check_model(cls, model_path: str) -> None:
+        path = Path(model_path)
+        if not path.is_dir() or not (path / "config.json").is_file() \
+                or not any(path.glob("*.safetensors")):
+            raise ModelLoadError(f"{path.name} is not an MLX model folder (config.json and "
+                                 f"*.safetensors); the MLX engine loads model folders.")
+
+    def load(self, model_path: str) -> None:
+        self.check_model(model_path)
+        self._state, self._path = "loading", str(Path(model_path).resolve())
+        self._loaded.acquire()
+        self._exited.acquire()
+        start_native_thread(self._run)
+        self._loaded.acquire()  # the thread has loaded the weights, or failed
+        self._loaded.release()
+        if self._load_error is not None:
+            self._state = "failed"
+            raise ModelLoadError(f"MLX could not load {Path(model_path).name}: "
+                                 f"{self._load_error}")
+        self._loaded_at = time.time()
+        self._state = "ready"
+        logger.info("Loaded {} with MLX: {} tokens of context, chat template: {}",
+                    self.model_id, self._context_length, "yes" if self._template else "no")
+
+    def unload(self) -> None:
+        if self._state in ("unloaded", "failed"):
+            return
+        self._state = "unloading"
+        self._stopping = True
+        self._wakeup.notify()
+        self._exited.acquire()
+        self._exited.release()
+        self._tokenizer = None
+        self._state = "unloaded"
+        logger.info("Unloaded {}", self.model_id)
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            model_id=self.model_id, engine=self.name, path=self._path, state=self._state,
+            context_length=self._context_length, parallel_sequences=1,
+            requests_running=1 if self._running else 0, requests_waiting=len(self._pending),
+            tokens_generated=self._tokens_generated, tokens_per_second=self._recent_tps,
+            loaded_at=self._loaded_at)
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(chat_template=self._template is not None,
+                                  tools=bool(self._template and self._template.takes_tools))
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    # text ----------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        self._check_tokens(tokens, "tokens")
+        return self._tokenizer.decode(tokens)
+
+    def _check_tokens(self, tokens: list[int], param: str) -> None:
+        bad = next((t for t in tokens if not 0 <= t < self._vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
+                                      f"(0..{self._vocab_size - 1}).", param=param)
+
+    def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
+        if self._template is None:
+            raise InvalidRequestError(
+                f"Model '{self.model_id}' has no chat template, so it cannot serve "
+                f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
+                param="model", code="chat_template_missing")
+        return self._template.render(messages, tools=tools,
+                                     add_generation_prompt=add_generation_prompt)
+
+    # generation ------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        if self._state != "ready":
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
+        if not request.prompt_tokens:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self._check_tokens(request.prompt_tokens, "prompt")
+        if request.ignore_eos:
+            raise UnsupportedFeatureError("ignore_eos is not supported by the MLX engine.",
+                                          param="ignore_eos")
+        wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
+        if wanted > self._context_length:
+            raise ContextLengthExceededError(self._context_length, wanted)
+        if len(self._pending) >= self.options.max_waiting:
+            raise ServiceUnavailableError(
+                f"Model '{self.model_id}' has {len(self._pending)} requests waiting "
+                f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
+        stream = RequestStream(request.request_id, self.abort)
+        self._pending.append((request, stream))
+        self._wakeup.notify()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        self._aborted.add(request_id)
+        self._wakeup.notify()
+
+    # the model's thread ------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            from mlx_lm import load  # imported here: MLX state is per thread
+
+            model, tokenizer = load(self._path)
+            self._tokenizer = tokenizer
+            self._vocab_size = len(tokenizer.get_vocab())
+            self._context_length = self._model_context(model)
+            source = getattr(tokenizer, "chat_template", None) or self.options.chat_template
+            if self.options.chat_template_override:
+                source = self.options.chat_template_override
+            if source:
+                self._template = ChatTemplate(source, bos_token=tokenizer.bos_token or "",
+                                              eos_token=tokenizer.eos_token or "")
+        except Exception as exc:  # a bad folder must fail the load, not the worker
+            self._load_error = str(exc)
+            self._loaded.release()
+            self._exited.release()
+            return
+        self._loaded.release()
+        try:
+            while not self._stopping:
+                if not self._pending:
+                    self._wakeup.wait(0.5)
+                    continue
+                request, stream = self._pending.popleft()
+                if stream.finished or request.request_id in self._aborted:
+                    self._aborted.discard(request.request_id)
+                    continue
+                self._generate(model, tokenizer, request, stream)
+        finally:
+            error = ServiceUnavailableError(f"Model '{self.model_id}' was unloaded.")
+            while self._pending:
+                self._pending.popleft()[1].push(GenerationDelta(error=error))
+            del model
+            import mlx.core as mx
+
+            mx.clear_cache()
+            self._exited.release()
+
+    def _model_context(self, model: Any) -> int:
+        args = getattr(model, "args", None)
+        trained = getattr(args, "max_position_embeddings", None) or 4096
+        wanted = self.options.context_size or trained
+        return min(wanted, trained)
+
+    def _generate(self, model: Any, tokenizer: Any, request: GenerationRequest,
+                  stream: RequestStream) -> None:
+        import mlx.core as mx
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        s = request.sampling
+        if s.seed is not None:
+            mx.random.seed(s.seed)
+        sampler = make_sampler(temp=0.0 if s.greedy else s.temperature,
+                               top_p=s.top_p if s.top_p < 1.0 else 0.0, min_p=s.min_p,
+                               top_k=s.top_k)
+        processors = make_logits_processors(
+            logit_bias=s.logit_bias or None,
+            repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
+            presence_penalty=s.presence_penalty or None,
+            frequency_penalty=s.frequency_penalty or None)
+        stops = StopMatcher(request.stop)
+        max_tokens = request.max_tokens or (self._context_length - len(request.prompt_tokens))
+        self._running = request.request_id
+        generated, finish, started = 0, None, time.monotonic()
+        try:
+            for out in stream_generate(model, tokenizer, prompt=request.prompt_tokens,
+                                       max_tokens=max_tokens, sampler=sampler,
+                                       logits_processors=processors):
+                if request.request_id in self._aborted or self._stopping:
+                    break
+                generated += 1
+                text, stopped = stops.feed(out.text)
+                if stopped:
+                    finish = "stop"
+                elif out.finish_reason:
+                    finish, text = out.finish_reason, text + stops.flush()
+                if finish:
+                    stream.push(GenerationDelta(
+                        text=text, token_count=1, finish_reason=finish,
+                        usage=Usage(len(request.prompt_tokens), generated)))
+                    break
+                stream.push(GenerationDelta(text=text, token_count=1))
+            else:  # the generator ended without saying why
+                if request.request_id not in self._aborted:
+                    stream.push(GenerationDelta(
+                        text=stops.flush(), finish_reason="length" if generated >= max_tokens
+                        else "stop", usage=Usage(len(request.prompt_tokens), generated)))
+        except Exception as exc:  # an MLX failure ends this request, not the thread
+            logger.exception("MLX generation failed for {}", self.model_id)
+            stream.push(GenerationDelta(error=EngineError(f"MLX generation failed: {exc}")))
+        finally:
+            self._aborted.discard(request.request_id)
+            self._running = None
+            self._tokens_generated += generated
+            elapsed = time.monotonic() - started
+            self._recent_tps = round(generated / elapsed, 2) if elapsed > 0 else 0.0
