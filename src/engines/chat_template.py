@@ -1,4 +1,5 @@
-"""Render a chat with a model's own jinja2 chat template, in a sandbox.
+"""Render a chat with a model's own jinja2 chat template, in a sandbox; and
+the checks every engine makes on chats and token ids.
 
 The templates come from model files (GGUF metadata, tokenizer configs), so
 they run in jinja2's immutable sandbox with the few helpers that Hugging
@@ -60,3 +61,23 @@ class ChatTemplate:
         except Exception as exc:  # a template error is the request's shape, not a crash
             raise InvalidRequestError(f"The messages could not be rendered with the model's "
                                       f"chat template: {exc}", param="messages") from exc
+
+
+def render_or_refuse(template: Optional[ChatTemplate], model_id: str,
+                     messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]],
+                     add_generation_prompt: bool) -> str:
+    """The chat rendered with the model's template; a clear 400 for a model without one."""
+    if template is None:
+        raise InvalidRequestError(
+            f"Model '{model_id}' has no chat template, so it cannot serve "
+            f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
+            param="model", code="chat_template_missing")
+    return template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+
+
+def check_token_ids(tokens: list[int], vocab_size: int, param: str) -> None:
+    """A 400 for a token id outside the vocabulary (engines read out of bounds on one)."""
+    bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
+                                  f"(0..{vocab_size - 1}).", param=param)

@@ -33,7 +33,7 @@ from ..core.inference_engine import (EngineCapabilities, EngineStatus, Generatio
                                      GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
 from ..core.text_stream import IncrementalText
-from .chat_template import ChatTemplate
+from .chat_template import ChatTemplate, check_token_ids, render_or_refuse
 from .llamacpp_embeddings import LlamaCppEmbedder
 
 _LAX_JSON_CHAR = r'char ::= [^"\\] |'
@@ -251,13 +251,8 @@ class LlamaCppEngine(InferenceEngine):
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 
     def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
-        if self._template is None:
-            raise InvalidRequestError(
-                f"Model '{self.model_id}' has no chat template, so it cannot serve "
-                f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
-                param="model", code="chat_template_missing")
-        prompt = self._template.render(messages, tools=tools,
-                                       add_generation_prompt=add_generation_prompt)
+        prompt = render_or_refuse(self._template, self.model_id, messages, tools,
+                                  add_generation_prompt)
         # tokenize() adds BOS itself where the model wants one: don't add it twice
         if self._add_bos and self._bos_text and prompt.startswith(self._bos_text):
             prompt = prompt[len(self._bos_text):]
@@ -490,10 +485,7 @@ class LlamaCppEngine(InferenceEngine):
     # helpers -------------------------------------------------------------
     def _check_tokens(self, tokens: list[int], param: str) -> None:
         # llama.cpp reads out of bounds (or fails the whole batch) on a bad id
-        bad = next((t for t in tokens if not 0 <= t < self._n_vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
-                                      f"(0..{self._n_vocab - 1}).", param=param)
+        check_token_ids(tokens, self._n_vocab, param)
 
     def _grammar_for(self, request: GenerationRequest) -> Optional[bytes]:
         """The GBNF that constrains this request, checked now so that a bad one is a 400."""

@@ -23,9 +23,10 @@ from ..core.inference_engine import (EngineCapabilities, EngineStatus, Generatio
                                      GenerationRequest, InferenceEngine, RequestStream, Usage)
 from ..core.text_stream import StopMatcher
 from .chat_template import ChatTemplate
+from .hf_text import HFText
 
 
-class MLXEngine(InferenceEngine):
+class MLXEngine(HFText, InferenceEngine):
     name = "mlx"
 
     def __init__(self, model_id: str, options=None):
@@ -103,29 +104,6 @@ class MLXEngine(InferenceEngine):
     def context_length(self) -> int:
         return self._context_length
 
-    # text ----------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special))
-
-    def detokenize(self, tokens: list[int]) -> str:
-        self._check_tokens(tokens, "tokens")
-        return self._tokenizer.decode(tokens)
-
-    def _check_tokens(self, tokens: list[int], param: str) -> None:
-        bad = next((t for t in tokens if not 0 <= t < self._vocab_size), None)
-        if bad is not None:
-            raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
-                                      f"(0..{self._vocab_size - 1}).", param=param)
-
-    def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
-        if self._template is None:
-            raise InvalidRequestError(
-                f"Model '{self.model_id}' has no chat template, so it cannot serve "
-                f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
-                param="model", code="chat_template_missing")
-        return self._template.render(messages, tools=tools,
-                                     add_generation_prompt=add_generation_prompt)
-
     # generation ------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestStream:
         if self._state != "ready":
@@ -161,12 +139,7 @@ class MLXEngine(InferenceEngine):
             self._tokenizer = tokenizer
             self._vocab_size = len(tokenizer.get_vocab())
             self._context_length = self._model_context(model)
-            source = getattr(tokenizer, "chat_template", None) or self.options.chat_template
-            if self.options.chat_template_override:
-                source = self.options.chat_template_override
-            if source:
-                self._template = ChatTemplate(source, bos_token=tokenizer.bos_token or "",
-                                              eos_token=tokenizer.eos_token or "")
+            self._template = self._template_from(tokenizer, self.options)
         except Exception as exc:  # a bad folder must fail the load, not the worker
             self._load_error = str(exc)
             self._loaded.release()

@@ -14,9 +14,11 @@ from ..core.model_catalog import check_engine_name
 _ENGINES = {
     "llama_cpp": ("src.engines.llamacpp_engine", "LlamaCppEngine"),
     "mlx": ("src.engines.mlx_engine", "MLXEngine"),
+    "vllm": ("src.engines.vllm_engine", "VLLMEngine"),
 }
 _FORMATS = {"llama_cpp": "GGUF file (.gguf)",
-            "mlx": "model folder (config.json, *.safetensors, tokenizer files)"}
+            "mlx": "model folder (config.json, *.safetensors, tokenizer files)",
+            "vllm": "Hugging Face model folder"}
 
 
 def implemented_engines() -> list[str]:

@@ -1,0 +1,253 @@
+"""vLLM engine (NVIDIA CUDA; vLLM's CPU build runs it elsewhere), driven
+through vLLM's own scheduler: continuous batching, paged attention, prefix
+caching, guided decoding.
+
+vLLM's `AsyncLLM` lives on an asyncio loop in the model's native thread; its
+EngineCore runs in a separate process started with `spawn`, a fresh
+interpreter that gevent's monkey-patching never reaches. vLLM is imported in
+the hub's thread (its import runs subprocesses, which gevent allows only
+there). Requests, aborts and outputs cross between the loop and the
+greenlets through `run_coroutine_threadsafe` and the contract's `RequestStream`.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import selectors
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from loguru import logger
+# imported with the module, in the hub's thread: vLLM's import runs subprocesses,
+# and gevent's subprocess works only there
+from vllm import SamplingParams
+from vllm.config.structured_outputs import StructuredOutputsConfig
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from ..core.concurrency import allocate_native_lock, start_native_thread
+from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
+                               ModelLoadError, ServiceUnavailableError)
+from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
+                                     GenerationRequest, InferenceEngine, RequestStream, Usage)
+from .chat_template import ChatTemplate
+from .hf_text import HFText
+
+
+class VLLMEngine(HFText, InferenceEngine):
+    name = "vllm"
+
+    def __init__(self, model_id: str, options=None):
+        super().__init__(model_id, options)
+        self._state = "unloaded"
+        self._path = ""
+        self._llm: Any = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._tokenizer: Any = None
+        self._template: Optional[ChatTemplate] = None
+        self._context_length = 0
+        self._vocab_size = 0
+        self._running: dict[str, RequestStream] = {}
+        self._waiting = 0
+        self._loaded = allocate_native_lock()
+        self._exited = allocate_native_lock()
+        self._load_error: Optional[str] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._loaded_at: Optional[float] = None
+        self._tokens_generated = 0
+
+    # lifecycle -----------------------------------------------------------
+    @classmethod
+    def check_model(cls, model_path: str) -> None:
+        path = Path(model_path)
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path.name} is not a Hugging Face model folder (config.json "
+                                 f"and weights); the vLLM engine loads model folders.")
+
+    def load(self, model_path: str) -> None:
+        self.check_model(model_path)
+        self._state, self._path = "loading", str(Path(model_path).resolve())
+        # the EngineCore process must start from a fresh interpreter, not a fork of this one
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        self._loaded.acquire()
+        self._exited.acquire()
+        start_native_thread(self._run)
+        self._loaded.acquire()
+        self._loaded.release()
+        if self._load_error is not None:
+            self._state = "failed"
+            raise ModelLoadError(f"vLLM could not load {Path(model_path).name}: "
+                                 f"{self._load_error}")
+        self._loaded_at = time.time()
+        self._state = "ready"
+        logger.info("Loaded {} with vLLM: {} tokens of context, {} sequences", self.model_id,
+                    self._context_length, self.options.parallel_sequences)
+
+    def unload(self) -> None:
+        if self._state in ("unloaded", "failed") or self._loop is None:
+            return
+        self._state = "unloading"
+        self._loop.call_soon_threadsafe(self._stop.set)  # type: ignore[union-attr]
+        self._exited.acquire()
+        self._exited.release()
+        self._state = "unloaded"
+        logger.info("Unloaded {}", self.model_id)
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            model_id=self.model_id, engine=self.name, path=self._path, state=self._state,
+            context_length=self._context_length,
+            parallel_sequences=self.options.parallel_sequences,
+            requests_running=len(self._running) - self._waiting,
+            requests_waiting=self._waiting, tokens_generated=self._tokens_generated,
+            loaded_at=self._loaded_at)
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
+                                  grammar=True,
+                                  tools=bool(self._template and self._template.takes_tools))
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    # generation ------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        if self._state != "ready" or self._loop is None:
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
+        if not request.prompt_tokens:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self._check_tokens(request.prompt_tokens, "prompt")
+        wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
+        if wanted > self._context_length:
+            raise ContextLengthExceededError(self._context_length, wanted)
+        if self._waiting >= self.options.max_waiting:
+            raise ServiceUnavailableError(
+                f"Model '{self.model_id}' has {self._waiting} requests waiting "
+                f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
+        stream = RequestStream(request.request_id, self.abort)
+        params = self._sampling_params(request)  # a bad parameter is a 400 here, not later
+        self._running[request.request_id] = stream
+        asyncio.run_coroutine_threadsafe(self._generate(request, params, stream), self._loop)
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        if self._loop is not None and self._llm is not None and request_id in self._running:
+            asyncio.run_coroutine_threadsafe(self._llm.abort(request_id), self._loop)
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        s = request.sampling
+        try:
+            return SamplingParams(
+                n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or -1,
+                min_p=s.min_p, seed=s.seed, presence_penalty=s.presence_penalty,
+                frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
+                logit_bias=dict(s.logit_bias) or None, stop=list(request.stop) or None,
+                ignore_eos=request.ignore_eos,
+                max_tokens=request.max_tokens or
+                (self._context_length - len(request.prompt_tokens)),
+                logprobs=request.logprobs, output_kind=RequestOutputKind.DELTA,
+                structured_outputs=StructuredOutputsParams(json=request.json_schema)
+                if request.json_schema is not None else None)
+        except ValueError as exc:
+            raise InvalidRequestError(f"vLLM refused the sampling parameters: {exc}") from None
+
+    # the model's thread ------------------------------------------------------
+    def _run(self) -> None:
+        # Under gevent this is gevent's selector: while the loop waits for I/O this
+        # thread's own hub runs, and with it the greenlets that vLLM's thread
+        # pools (threading is patched) are made of; a plain epoll would starve them.
+        loop = asyncio.SelectorEventLoop(selectors.DefaultSelector())
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            loop.close()
+            self._loop = None
+            self._exited.release()
+
+    async def _serve(self) -> None:
+        try:
+            opts = self.options
+            args = AsyncEngineArgs(
+                model=self._path, tokenizer=self._path,
+                max_model_len=opts.context_size or None, max_num_seqs=opts.parallel_sequences,
+                gpu_memory_utilization=opts.gpu_memory_fraction, enable_prefix_caching=True,
+                disable_log_stats=True,
+                # compact JSON under a schema, as the llama.cpp engine's grammar makes:
+                # a model cannot spend its tokens on whitespace
+                structured_outputs_config=StructuredOutputsConfig(backend="xgrammar",
+                                                          disable_any_whitespace=True))
+            self._llm = AsyncLLM.from_engine_args(args)
+            self._tokenizer = self._llm.get_tokenizer()
+            self._vocab_size = len(self._tokenizer.get_vocab())
+            self._context_length = self._llm.model_config.max_model_len
+            self._template = self._template_from(self._tokenizer, opts)
+        except Exception as exc:  # a bad folder must fail the load, not the worker
+            logger.exception("vLLM could not load {}", self.model_id)
+            self._load_error = str(exc)
+            if self._llm is not None:
+                self._llm.shutdown()
+            self._loaded.release()
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._loaded.release()
+        await self._stop.wait()
+        error = ServiceUnavailableError(f"Model '{self.model_id}' was unloaded.")
+        for request_id, stream in list(self._running.items()):
+            await self._llm.abort(request_id)
+            stream.push(GenerationDelta(error=error))
+        self._running.clear()
+        self._llm.shutdown()
+        self._llm = None
+
+    async def _generate(self, request: GenerationRequest, params: Any,
+                        stream: RequestStream) -> None:
+        rid = request.request_id
+        generated = 0
+        self._waiting += 1
+        started = False
+        try:
+            async for out in self._llm.generate({"prompt_token_ids": request.prompt_tokens},
+                                                params, request_id=rid):
+                if not started:
+                    started, self._waiting = True, self._waiting - 1
+                choice = out.outputs[0]
+                generated += len(choice.token_ids)
+                delta = GenerationDelta(text=choice.text, token_count=len(choice.token_ids),
+                                        logprobs=self._logprobs(choice, request.logprobs))
+                if out.finished:
+                    delta.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+                    delta.usage = Usage(len(request.prompt_tokens), generated,
+                                        out.num_cached_tokens or 0)
+                stream.push(delta)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one failed request must not stop the loop
+            logger.exception("vLLM generation failed for {}", self.model_id)
+            stream.push(GenerationDelta(error=EngineError(f"vLLM generation failed: {exc}")))
+        finally:
+            if not started:
+                self._waiting -= 1
+            self._running.pop(rid, None)
+            self._tokens_generated += generated
+
+    def _logprobs(self, choice: Any, top: Optional[int]) -> Optional[list[dict[str, Any]]]:
+        if top is None or not choice.logprobs:
+            return None
+        entries = []
+        for token, alternatives in zip(choice.token_ids, choice.logprobs):
+            def entry(tid: int, lp: Any) -> dict[str, Any]:
+                text = lp.decoded_token or self._tokenizer.decode([tid])
+                return {"token_id": tid, "token": text, "bytes": list(text.encode()),
+                        "logprob": float(lp.logprob)}
+
+            ranked = sorted(alternatives.items(), key=lambda kv: kv[1].rank or 0)
+            entries.append({**entry(token, alternatives[token]),
+                            "top": [entry(t, lp) for t, lp in ranked
+                                    if lp.rank is not None and lp.rank <= top][:top]})
+        return entries

@@ -1,0 +1,127 @@
+"""One behavioural suite over every engine this machine has: llama.cpp on the
+tiny GGUF model, MLX and vLLM (their CPU builds) on a tiny random Llama
+folder, all served by the same real gunicorn + gevent server, so that the
+engines cannot drift apart. vLLM's run is `make test-vllm` (its own venv)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import TOOLS_MODEL
+
+ENGINES = ["llama_cpp", "mlx", "vllm"]
+# what each engine does beyond the common contract (else: a precise 400)
+EXTRAS = {"llama_cpp": {"json", "logprobs", "ignore_eos"},
+          "mlx": set(),
+          "vllm": {"json", "logprobs", "ignore_eos"}}
+MSG = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def served(request, tiny_server, model_dir, tmp_path_factory):
+    """(server, model id, engine) with a tiny model loaded on that engine,
+    with a 2048-token context."""
+    engine = request.param
+    if engine == "llama_cpp":
+        request.getfixturevalue("tools_server")  # the tiny GGUF with a long context
+        return tiny_server, TOOLS_MODEL, engine
+    if importlib.util.find_spec({"mlx": "mlx_lm", "vllm": "vllm"}[engine]) is None:
+        pytest.skip(f"{engine} is not installed here")
+    from tests.tiny_hf_model import write_tiny_hf_model
+
+    target = model_dir / "tiny-llama-hf"
+    if not target.exists():
+        shutil.copytree(write_tiny_hf_model(tmp_path_factory.mktemp("hf") / "m"), target)
+    name = f"tiny-{engine}"
+    r = requests.post(f"{tiny_server.base_url}/models/load", timeout=300, json={
+        "model_name": name, "model_path": "tiny-llama-hf", "engine_type": engine,
+        "context_size": 2048, "max_batch_size": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["engine"] == engine
+    return tiny_server, name, engine
+
+
+def test_chat_usage_and_greedy_stream_equals_plain(served):
+    server, model, _ = served
+    client = server.client()
+    plain = client.chat.completions.create(model=model, messages=MSG, max_tokens=12,
+                                           temperature=0)
+    assert plain.choices[0].finish_reason == "length"
+    assert plain.usage.completion_tokens == 12 and plain.usage.prompt_tokens > 3
+    chunks = list(client.chat.completions.create(model=model, messages=MSG, max_tokens=12,
+                                                 temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_stop_strings_and_seed(served):
+    server, model, _ = served
+    client = server.client()
+    full = client.completions.create(model=model, prompt="once upon", max_tokens=20,
+                                     temperature=0).choices[0].text
+    cut = full[3:6]
+    stopped = client.completions.create(model=model, prompt="once upon", max_tokens=20,
+                                        temperature=0, stop=[cut]).choices[0]
+    assert stopped.finish_reason == "stop" and stopped.text == full[:full.index(cut)]
+    a, b = (client.completions.create(model=model, prompt="once", max_tokens=10, seed=3,
+                                      temperature=1.0).choices[0].text for _ in range(2))
+    assert a == b
+
+
+def test_concurrent_requests_all_complete(served):
+    server, model, _ = served
+    resp = server.client().completions.create(model=model, prompt=["a", "b", "c"],
+                                              max_tokens=8, temperature=0)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert resp.usage.completion_tokens == 24
+
+
+def test_a_client_that_leaves_frees_the_model(served):
+    server, model, _ = served
+    resp = requests.post(f"{server.base_url}/chat/completions", stream=True, timeout=60,
+                         json={"model": model, "messages": MSG, "max_tokens": 1500,
+                               "stream": True})
+    lines = resp.iter_lines()
+    next(line for line in lines if line.startswith(b"data: "))
+    resp.close()
+    answer = server.client(timeout=60).chat.completions.create(model=model, messages=MSG,
+                                                               max_tokens=3)
+    assert answer.usage.completion_tokens == 3
+
+
+def test_extras_work_or_are_precise_400s(served):
+    server, model, engine = served
+    client = server.client()
+    schema = {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+        "additionalProperties": False}}}
+    cases = {"json": (dict(response_format=schema, max_tokens=40), "response_format"),
+             "logprobs": (dict(logprobs=True, top_logprobs=2, max_tokens=3), "logprobs"),
+             "ignore_eos": (dict(extra_body={"ignore_eos": True}, max_tokens=3), "ignore_eos")}
+    for feature, (kwargs, param) in cases.items():
+        if feature in EXTRAS[engine]:
+            resp = client.chat.completions.create(model=model, messages=MSG, temperature=0,
+                                                  **kwargs)
+            if feature == "json":
+                assert isinstance(json.loads(resp.choices[0].message.content)["n"], int)
+            if feature == "logprobs":
+                assert len(resp.choices[0].logprobs.content[0].top_logprobs) == 2
+        else:
+            with pytest.raises(openai.BadRequestError) as err:
+                client.chat.completions.create(model=model, messages=MSG, **kwargs)
+            assert err.value.body["param"] == param
+
+
+def test_a_folder_needs_an_engine_on_this_machine(tiny_server, model_dir):
+    if not (model_dir / "tiny-llama-hf").exists():
+        pytest.skip("no model folder was written (no MLX or vLLM here)")
+    r = requests.post(f"{tiny_server.base_url}/models/load", timeout=60, json={
+        "model_name": "folder-without-engine", "model_path": "tiny-llama-hf"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "engine_type"
