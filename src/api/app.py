@@ -37,6 +37,10 @@ def engine_options(settings: Settings) -> EngineOptions:
                          threads=settings.max_cpu_threads,
                          max_waiting=settings.max_concurrent_requests,
                          gpu_memory_fraction=settings.max_gpu_memory,
+                         dtype=settings.vllm_dtype, quantization=settings.vllm_quantization,
+                         tensor_parallel_size=settings.tensor_parallel_size,
+                         pipeline_parallel_size=settings.pipeline_parallel_size,
+                         distributed_executor_backend=settings.distributed_executor_backend,
                          chat_template=settings.chat_template)
 
 

@@ -85,6 +85,13 @@ class EngineOptions:
     gpu_memory_fraction: float = 0.8
     chat_template: Optional[str] = None  # used when the model has none
     chat_template_override: Optional[str] = None  # used instead of the model's own
+    # vLLM only: weights' dtype and quantization, and how a model spreads over GPUs
+    # and nodes (distributed_executor_backend "ray" for several nodes)
+    dtype: str = "auto"
+    quantization: Optional[str] = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,10 @@ class VLLMEngine(HFText, InferenceEngine):
                 model=self._path, tokenizer=self._path,
                 max_model_len=opts.context_size or None, max_num_seqs=opts.parallel_sequences,
                 gpu_memory_utilization=opts.gpu_memory_fraction, enable_prefix_caching=True,
+                dtype=opts.dtype, quantization=opts.quantization,
+                tensor_parallel_size=opts.tensor_parallel_size,
+                pipeline_parallel_size=opts.pipeline_parallel_size,
+                distributed_executor_backend=opts.distributed_executor_backend,
                 disable_log_stats=True,
                 # compact JSON under a schema, as the llama.cpp engine's grammar makes:
                 # a model cannot spend its tokens on whitespace

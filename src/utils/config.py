@@ -36,6 +36,12 @@ class Settings(BaseModel):
     device_type: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_gpu_memory: float = Field(0.8, gt=0, le=1)
     max_cpu_threads: int = Field(0, ge=0)  # 0: all physical cores
+    # vLLM only (docs/engines.md)
+    vllm_dtype: str = "auto"
+    vllm_quantization: Optional[str] = None
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    distributed_executor_backend: Optional[Literal["mp", "ray", "uni"]] = None
 
     # Models
     default_model: str = "SmolLM2-135M-Instruct"
@@ -71,7 +77,8 @@ class Settings(BaseModel):
     def _upper(cls, value: str) -> str:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("chat_template", mode="before")
+    @field_validator("chat_template", "vllm_quantization", "distributed_executor_backend",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, value: Optional[str]) -> Optional[str]:
         return value or None
