@@ -14,6 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from loguru import logger
 
 from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
@@ -97,7 +98,7 @@ class MLXEngine(HFText, InferenceEngine):
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(chat_template=self._template is not None,
+        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
     @property
@@ -166,6 +167,20 @@ class MLXEngine(HFText, InferenceEngine):
             mx.clear_cache()
             self._exited.release()
 
+    @staticmethod
+    def _logprobs(tokenizer: Any, token: int, row: Any, top: int) -> dict[str, Any]:
+        """`row` is mlx-lm's log-softmax over the vocabulary for this step."""
+        values = np.array(row, dtype=np.float32).reshape(-1)
+
+        def entry(tid: int) -> dict[str, Any]:
+            text = tokenizer.decode([tid])
+            return {"token_id": tid, "token": text, "bytes": list(text.encode()),
+                    "logprob": float(values[tid])}
+
+        best = np.argpartition(-values, top - 1)[:top] if top else np.array([], dtype=int)
+        best = best[np.argsort(-values[best], kind="stable")]
+        return {**entry(token), "top": [entry(int(t)) for t in best]}
+
     def _model_context(self, model: Any) -> int:
         args = getattr(model, "args", None)
         trained = getattr(args, "max_position_embeddings", None) or 4096
@@ -200,6 +215,8 @@ class MLXEngine(HFText, InferenceEngine):
                 if request.request_id in self._aborted or self._stopping:
                     break
                 generated += 1
+                logprobs = (None if request.logprobs is None else
+                            [self._logprobs(tokenizer, out.token, out.logprobs, request.logprobs)])
                 text, stopped = stops.feed(out.text)
                 if stopped:
                     finish = "stop"
@@ -207,10 +224,10 @@ class MLXEngine(HFText, InferenceEngine):
                     finish, text = out.finish_reason, text + stops.flush()
                 if finish:
                     stream.push(GenerationDelta(
-                        text=text, token_count=1, finish_reason=finish,
+                        text=text, token_count=1, finish_reason=finish, logprobs=logprobs,
                         usage=Usage(len(request.prompt_tokens), generated)))
                     break
-                stream.push(GenerationDelta(text=text, token_count=1))
+                stream.push(GenerationDelta(text=text, token_count=1, logprobs=logprobs))
             else:  # the generator ended without saying why
                 if request.request_id not in self._aborted:
                     stream.push(GenerationDelta(
