@@ -125,3 +125,14 @@ def test_a_folder_needs_an_engine_on_this_machine(tiny_server, model_dir):
     r = requests.post(f"{tiny_server.base_url}/models/load", timeout=60, json={
         "model_name": "folder-without-engine", "model_path": "tiny-llama-hf"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "engine_type"
+
+
+def test_a_repeated_prompt_reuses_its_cache(served):
+    server, model, _ = served
+    client = server.client()
+    prompt = "the quick brown fox jumps over the lazy dog. " * 30  # vLLM caches whole blocks
+    first = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+    again = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+    assert again.choices[0].text == first.choices[0].text  # the cache changes nothing
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 16 <= cached < again.usage.prompt_tokens

@@ -38,6 +38,10 @@ class MLXEngine(HFText, InferenceEngine):
         self._template: Optional[ChatTemplate] = None
         self._context_length = 0
         self._vocab_size = 0
+        # the KV cache of the last request and the tokens it holds: the next
+        # request that starts with the same tokens skips them
+        self._cache: Optional[list[Any]] = None
+        self._cache_tokens: list[int] = []
         self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._aborted: set[str] = set()
         self._running: Optional[str] = None
@@ -167,6 +171,23 @@ class MLXEngine(HFText, InferenceEngine):
             mx.clear_cache()
             self._exited.release()
 
+    def _reuse_cache(self, model: Any, prompt: list[int]) -> int:
+        """Trim the cache to the prefix it shares with `prompt`; how many tokens that is."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, \
+            trim_prompt_cache
+
+        shared = 0
+        for a, b in zip(self._cache_tokens, prompt):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(prompt) - 1)  # the last prompt token starts the output
+        if self._cache is not None and shared and can_trim_prompt_cache(self._cache):
+            trim_prompt_cache(self._cache, len(self._cache_tokens) - shared)
+            return shared
+        self._cache, self._cache_tokens = make_prompt_cache(model), []
+        return 0
+
     @staticmethod
     def _logprobs(tokenizer: Any, token: int, row: Any, top: int) -> dict[str, Any]:
         """`row` is mlx-lm's log-softmax over the vocabulary for this step."""
@@ -206,12 +227,17 @@ class MLXEngine(HFText, InferenceEngine):
             frequency_penalty=s.frequency_penalty or None)
         stops = StopMatcher(request.stop)
         max_tokens = request.max_tokens or (self._context_length - len(request.prompt_tokens))
+        prompt = request.prompt_tokens
+        reuse = self._reuse_cache(model, prompt)
         self._running = request.request_id
         generated, finish, started = 0, None, time.monotonic()
+        produced: list[int] = []
         try:
-            for out in stream_generate(model, tokenizer, prompt=request.prompt_tokens,
+            for out in stream_generate(model, tokenizer, prompt=prompt[reuse:],
                                        max_tokens=max_tokens, sampler=sampler,
-                                       logits_processors=processors):
+                                       logits_processors=processors,
+                                       prompt_cache=self._cache):
+                produced.append(out.token)
                 if request.request_id in self._aborted or self._stopping:
                     break
                 generated += 1
@@ -225,18 +251,20 @@ class MLXEngine(HFText, InferenceEngine):
                 if finish:
                     stream.push(GenerationDelta(
                         text=text, token_count=1, finish_reason=finish, logprobs=logprobs,
-                        usage=Usage(len(request.prompt_tokens), generated)))
+                        usage=Usage(len(prompt), generated, reuse)))
                     break
                 stream.push(GenerationDelta(text=text, token_count=1, logprobs=logprobs))
             else:  # the generator ended without saying why
                 if request.request_id not in self._aborted:
                     stream.push(GenerationDelta(
                         text=stops.flush(), finish_reason="length" if generated >= max_tokens
-                        else "stop", usage=Usage(len(request.prompt_tokens), generated)))
+                        else "stop", usage=Usage(len(prompt), generated, reuse)))
         except Exception as exc:  # an MLX failure ends this request, not the thread
             logger.exception("MLX generation failed for {}", self.model_id)
             stream.push(GenerationDelta(error=EngineError(f"MLX generation failed: {exc}")))
         finally:
+            # the cache holds what was fed through the model: its offset says how much
+            self._cache_tokens = (prompt + produced)[:self._cache[0].offset]
             self._aborted.discard(request.request_id)
             self._running = None
             self._tokens_generated += generated

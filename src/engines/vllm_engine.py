@@ -212,7 +212,7 @@ class VLLMEngine(HFText, InferenceEngine):
     async def _generate(self, request: GenerationRequest, params: Any,
                         stream: RequestStream) -> None:
         rid = request.request_id
-        generated = 0
+        generated = cached = 0
         self._waiting += 1
         started = False
         try:
@@ -222,12 +222,12 @@ class VLLMEngine(HFText, InferenceEngine):
                     started, self._waiting = True, self._waiting - 1
                 choice = out.outputs[0]
                 generated += len(choice.token_ids)
+                cached = max(cached, out.num_cached_tokens or 0)  # not on every delta
                 delta = GenerationDelta(text=choice.text, token_count=len(choice.token_ids),
                                         logprobs=self._logprobs(choice, request.logprobs))
                 if out.finished:
                     delta.finish_reason = "length" if choice.finish_reason == "length" else "stop"
-                    delta.usage = Usage(len(request.prompt_tokens), generated,
-                                        out.num_cached_tokens or 0)
+                    delta.usage = Usage(len(request.prompt_tokens), generated, cached)
                 stream.push(delta)
         except asyncio.CancelledError:
             raise
