@@ -17,7 +17,7 @@ from tests.conftest import TOOLS_MODEL
 ENGINES = ["llama_cpp", "mlx", "vllm"]
 # what each engine does beyond the common contract (else: a precise 400)
 EXTRAS = {"llama_cpp": {"json", "logprobs", "ignore_eos"},
-          "mlx": {"logprobs"},
+          "mlx": {"json", "logprobs"},
           "vllm": {"json", "logprobs", "ignore_eos"}}
 MSG = [{"role": "user", "content": "hello"}]
 

@@ -9,6 +9,7 @@ a time and streams each with `mlx_lm.stream_generate`, sampling with
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from pathlib import Path
@@ -40,6 +41,7 @@ class MLXEngine(HFText, InferenceEngine):
         self._vocab_size = 0
         # the KV cache of the last request and the tokens it holds: the next
         # request that starts with the same tokens skips them
+        self._guidance: Any = None  # llguidance's view of the tokenizer, made once
         self._cache: Optional[list[Any]] = None
         self._cache_tokens: list[int] = []
         self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
@@ -103,6 +105,7 @@ class MLXEngine(HFText, InferenceEngine):
     @property
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
+                                  grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
     @property
@@ -119,6 +122,8 @@ class MLXEngine(HFText, InferenceEngine):
         if request.ignore_eos:
             raise UnsupportedFeatureError("ignore_eos is not supported by the MLX engine.",
                                           param="ignore_eos")
+        if request.json_schema is not None:
+            self._schema_grammar(request.json_schema)
         wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
         if wanted > self._context_length:
             raise ContextLengthExceededError(self._context_length, wanted)
@@ -188,6 +193,51 @@ class MLXEngine(HFText, InferenceEngine):
         self._cache, self._cache_tokens = make_prompt_cache(model), []
         return 0
 
+    def _schema_processor(self, tokenizer: Any, schema: dict[str, Any]) -> Any:
+        """A logits processor that lets through only the tokens that keep the
+        output valid JSON for `schema` (llguidance's matcher; compact JSON)."""
+        import mlx.core as mx
+        import llguidance
+        import llguidance.numpy as lnp
+
+        matcher = llguidance.LLMatcher(self._guidance_tokenizer(tokenizer),
+                                       self._schema_grammar(schema))
+        vocab = self._guidance_tokenizer(tokenizer).vocab_size
+        bitmask = lnp.allocate_token_bitmask(1, vocab)
+        seen: list[int] = []  # how many tokens the processor was first called with
+
+        def process(tokens: Any, logits: Any) -> Any:
+            if not seen:
+                seen.append(tokens.size)
+            elif tokens.size > seen[0]:
+                matcher.consume_token(int(tokens[-1].item()))
+                seen[0] = tokens.size
+            lnp.fill_next_token_bitmask(matcher, bitmask, 0)
+            allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:vocab]
+            mask = np.zeros(logits.shape[-1], dtype=bool)
+            mask[:vocab] = allowed.astype(bool)
+            return mx.where(mx.array(mask), logits, -float("inf"))
+
+        return process
+
+    def _guidance_tokenizer(self, tokenizer: Any) -> Any:
+        if self._guidance is None:
+            import llguidance.hf
+
+            self._guidance = llguidance.hf.from_tokenizer(tokenizer._tokenizer)
+        return self._guidance
+
+    @staticmethod
+    def _schema_grammar(schema: dict[str, Any]) -> str:
+        import llguidance
+
+        try:
+            return llguidance.LLMatcher.grammar_from_json_schema(
+                json.dumps(schema), defaults={"whitespace_flexible": False})
+        except Exception as exc:  # llguidance raises plain errors for what it lacks
+            raise InvalidRequestError(f"This JSON schema cannot be enforced: {exc}",
+                                      param="response_format") from None
+
     @staticmethod
     def _logprobs(tokenizer: Any, token: int, row: Any, top: int) -> dict[str, Any]:
         """`row` is mlx-lm's log-softmax over the vocabulary for this step."""
@@ -220,7 +270,9 @@ class MLXEngine(HFText, InferenceEngine):
         sampler = make_sampler(temp=0.0 if s.greedy else s.temperature,
                                top_p=s.top_p if s.top_p < 1.0 else 0.0, min_p=s.min_p,
                                top_k=s.top_k)
-        processors = make_logits_processors(
+        processors = ([self._schema_processor(tokenizer, request.json_schema)]
+                      if request.json_schema is not None else [])
+        processors += make_logits_processors(
             logit_bias=s.logit_bias or None,
             repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
             presence_penalty=s.presence_penalty or None,
