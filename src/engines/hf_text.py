@@ -1,19 +1,47 @@
-"""The text side shared by the engines that load Hugging Face model folders
-(MLX, vLLM): a `transformers` tokenizer and the folder's chat template."""
+"""What the engines that load Hugging Face model folders (MLX, vLLM) share:
+a `transformers` tokenizer, the folder's chat template, the same
+capabilities and the same checks on a request before it is queued."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..core.exceptions import (ContextLengthExceededError, InvalidRequestError,
+                               ServiceUnavailableError)
+from ..core.inference_engine import EngineCapabilities, GenerationRequest
 from .chat_template import ChatTemplate, check_token_ids, render_or_refuse
 
 
 class HFText:
-    """Mixed into an engine that sets `_tokenizer`, `_template` and `_vocab_size` at load."""
+    """Mixed into an engine that sets `_tokenizer`, `_template`, `_vocab_size`
+    and `_context_length` at load, and keeps its `_state`."""
 
     model_id: str
+    _state: str
     _tokenizer: Any
     _template: Optional[ChatTemplate]
     _vocab_size: int
+    _context_length: int
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
+                                  grammar=True,
+                                  tools=bool(self._template and self._template.takes_tools))
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    def _check_request(self, request: GenerationRequest) -> None:
+        """A request refused at once (503, 400) rather than failed later."""
+        if self._state != "ready":
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
+        if not request.prompt_tokens:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self._check_tokens(request.prompt_tokens, "prompt")
+        wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
+        if wanted > self._context_length:
+            raise ContextLengthExceededError(self._context_length, wanted)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special))

@@ -19,10 +19,10 @@ import numpy as np
 from loguru import logger
 
 from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
-from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
-                               ModelLoadError, ServiceUnavailableError, UnsupportedFeatureError)
-from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
-                                     GenerationRequest, InferenceEngine, RequestStream, Usage)
+from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
+                               ServiceUnavailableError, UnsupportedFeatureError)
+from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
+                                     InferenceEngine, RequestStream, Usage)
 from ..core.text_stream import StopMatcher
 from .chat_template import ChatTemplate
 from .hf_text import HFText
@@ -102,31 +102,14 @@ class MLXEngine(HFText, InferenceEngine):
             tokens_generated=self._tokens_generated, tokens_per_second=self._recent_tps,
             loaded_at=self._loaded_at)
 
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  grammar=True,
-                                  tools=bool(self._template and self._template.takes_tools))
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
     # generation ------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestStream:
-        if self._state != "ready":
-            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
-        if not request.prompt_tokens:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        self._check_tokens(request.prompt_tokens, "prompt")
+        self._check_request(request)
         if request.ignore_eos:
             raise UnsupportedFeatureError("ignore_eos is not supported by the MLX engine.",
                                           param="ignore_eos")
         if request.json_schema is not None:
             self._schema_grammar(request.json_schema)
-        wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
-        if wanted > self._context_length:
-            raise ContextLengthExceededError(self._context_length, wanted)
         if len(self._pending) >= self.options.max_waiting:
             raise ServiceUnavailableError(
                 f"Model '{self.model_id}' has {len(self._pending)} requests waiting "

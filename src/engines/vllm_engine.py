@@ -28,10 +28,10 @@ from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from ..core.concurrency import allocate_native_lock, start_native_thread
-from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
-                               ModelLoadError, ServiceUnavailableError)
-from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
-                                     GenerationRequest, InferenceEngine, RequestStream, Usage)
+from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
+                               ServiceUnavailableError)
+from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
+                                     InferenceEngine, RequestStream, Usage)
 from .chat_template import ChatTemplate
 from .hf_text import HFText
 
@@ -104,26 +104,11 @@ class VLLMEngine(HFText, InferenceEngine):
             requests_waiting=self._waiting, tokens_generated=self._tokens_generated,
             loaded_at=self._loaded_at)
 
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  grammar=True,
-                                  tools=bool(self._template and self._template.takes_tools))
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
     # generation ------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestStream:
-        if self._state != "ready" or self._loop is None:
+        self._check_request(request)
+        if self._loop is None:
             raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
-        if not request.prompt_tokens:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        self._check_tokens(request.prompt_tokens, "prompt")
-        wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
-        if wanted > self._context_length:
-            raise ContextLengthExceededError(self._context_length, wanted)
         if self._waiting >= self.options.max_waiting:
             raise ServiceUnavailableError(
                 f"Model '{self.model_id}' has {self._waiting} requests waiting "
