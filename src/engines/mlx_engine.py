@@ -39,9 +39,9 @@ class MLXEngine(HFText, InferenceEngine):
         self._template: Optional[ChatTemplate] = None
         self._context_length = 0
         self._vocab_size = 0
+        self._guidance: Any = None  # llguidance's view of the tokenizer, made once
         # the KV cache of the last request and the tokens it holds: the next
         # request that starts with the same tokens skips them
-        self._guidance: Any = None  # llguidance's view of the tokenizer, made once
         self._cache: Optional[list[Any]] = None
         self._cache_tokens: list[int] = []
         self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
