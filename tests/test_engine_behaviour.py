@@ -17,7 +17,7 @@ from tests.conftest import TOOLS_MODEL
 ENGINES = ["llama_cpp", "mlx", "vllm"]
 # what each engine does beyond the common contract (else: a precise 400)
 EXTRAS = {"llama_cpp": {"json", "logprobs", "ignore_eos"},
-          "mlx": {"json", "logprobs"},
+          "mlx": {"json", "logprobs", "ignore_eos"},
           "vllm": {"json", "logprobs", "ignore_eos"}}
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -117,6 +117,24 @@ def test_extras_work_or_are_precise_400s(served):
             with pytest.raises(openai.BadRequestError) as err:
                 client.chat.completions.create(model=model, messages=MSG, **kwargs)
             assert err.value.body["param"] == param
+
+
+def test_ignore_eos_generates_past_the_end_token(served):
+    """A logit bias makes the end token certain: the answer ends at once,
+    unless `ignore_eos` asks for all of `max_tokens`."""
+    server, model, engine = served
+    eos = requests.post(f"{server.url}/tokenize", timeout=30,
+                        json={"model": model, "prompt": "<|im_end|>",
+                              "add_special_tokens": False}).json()["tokens"]
+    assert len(eos) == 1  # both tiny models end a turn with this one token
+    client = server.client()
+    ask = dict(model=model, messages=MSG, max_tokens=6, logit_bias={str(eos[0]): 100})
+    ends = client.chat.completions.create(**ask)
+    assert ends.choices[0].finish_reason == "stop" and ends.usage.completion_tokens <= 1
+    if "ignore_eos" in EXTRAS[engine]:
+        goes_on = client.chat.completions.create(**ask, extra_body={"ignore_eos": True})
+        assert goes_on.choices[0].finish_reason == "length"
+        assert goes_on.usage.completion_tokens == 6
 
 
 def test_a_folder_needs_an_engine_on_this_machine(tiny_server, model_dir):

@@ -20,7 +20,7 @@ from loguru import logger
 
 from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
-                               ServiceUnavailableError, UnsupportedFeatureError)
+                               ServiceUnavailableError)
 from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
                                      InferenceEngine, RequestStream, Usage)
 from ..core.text_stream import StopMatcher
@@ -105,9 +105,6 @@ class MLXEngine(HFText, InferenceEngine):
     # generation ------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestStream:
         self._check_request(request)
-        if request.ignore_eos:
-            raise UnsupportedFeatureError("ignore_eos is not supported by the MLX engine.",
-                                          param="ignore_eos")
         if request.json_schema is not None:
             self._schema_grammar(request.json_schema)
         if len(self._pending) >= self.options.max_waiting:
@@ -203,6 +200,20 @@ class MLXEngine(HFText, InferenceEngine):
 
         return process
 
+    @staticmethod
+    def _ban_tokens(token_ids: Any) -> Any:
+        """A logits processor that never lets `token_ids` be sampled
+        (`ignore_eos`: the end tokens are banned, as llama.cpp's server does)."""
+        import mlx.core as mx
+
+        banned = mx.array(sorted(token_ids), dtype=mx.int32)
+
+        def process(tokens: Any, logits: Any) -> Any:
+            logits[..., banned] = -float("inf")
+            return logits
+
+        return process
+
     def _guidance_tokenizer(self, tokenizer: Any) -> Any:
         if self._guidance is None:
             import llguidance.hf
@@ -255,6 +266,8 @@ class MLXEngine(HFText, InferenceEngine):
                                top_k=s.top_k)
         processors = ([self._schema_processor(tokenizer, request.json_schema)]
                       if request.json_schema is not None else [])
+        if request.ignore_eos:
+            processors.append(self._ban_tokens(tokenizer.eos_token_ids))
         processors += make_logits_processors(
             logit_bias=s.logit_bias or None,
             repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
