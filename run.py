@@ -57,6 +57,7 @@ def apply_overrides(args: argparse.Namespace) -> None:
 
 def check_environment(mode: str) -> list[str]:
     """What is missing to start, one line each; empty when all is well."""
+    from src.api.middleware.auth import keys_file_readable
     from src.core.exceptions import ServiceError
     from src.core.model_catalog import ModelCatalog
     from src.engines.registry import implemented_engines
@@ -79,6 +80,9 @@ def check_environment(mode: str) -> list[str]:
         for module in ("gunicorn", "gevent"):
             if importlib.util.find_spec(module) is None:
                 problems.append(f"{module} is not installed: pip install -r requirements.txt.")
+    keys_problem = keys_file_readable(settings)
+    if keys_problem:
+        problems.append(keys_problem)
     model_dir = settings.model_dir
     if model_dir.exists() and not os.access(model_dir, os.R_OK | os.X_OK):
         problems.append(f"MODEL_BASE_PATH {model_dir} is not readable.")
@@ -106,6 +110,7 @@ def run_prod(settings) -> None:
                "--graceful-timeout", "30",
                "--keep-alive", "5",
                "--no-control-socket",
+               "--config", str(ROOT / "src" / "api" / "gunicorn_conf.py"),
                "--chdir", str(ROOT),
                "src.api.app:application"]
     os.execv(sys.executable, command)

@@ -22,7 +22,7 @@ from ..utils.config import Settings, get_settings
 from ..utils.logger import logger, setup_logging
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
-from .middleware import access_log, request_id
+from .middleware import access_log, auth, cors, rate_limit, request_id
 from .routes import custom_protocol, management, openai_compat, responses, system
 from .system_sampler import start_system_sampler
 
@@ -93,7 +93,11 @@ def create_app(settings: Optional[Settings] = None,
     app.config.update(SETTINGS=settings, STARTED_AT=time.time(), JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     request_id.install(app)
+    auth.install(app, settings)
+    rate_limit.install(app, settings)
+    cors.install(app, settings)
     access_log.install(app)
     _register_error_handlers(app)
     app.register_blueprint(openai_compat.bp)

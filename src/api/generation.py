@@ -19,32 +19,53 @@ from .tool_calls import (CallStart, Content, ToolCallParser, ToolSetup, message_
                          prompt_messages, tool_setup)
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
-DISCONNECT_CHECK_INTERVAL = 0.5  # how often a non-streaming request checks its client
+DISCONNECT_CHECK_INTERVAL = 0.5  # how often a waiting request checks its client
+UNBOUNDED_OUTPUT_ESTIMATE = 256  # tokens reserved for a choice without max_tokens
+
+Settle = Callable[[int], None]  # told once how many tokens a request really used
+
+
+@dataclass
+class Caller:
+    """The HTTP side of a request: who sent it (the engines queue fairly per
+    client), its trace, whether its client has hung up, and its token
+    reservation (the TPM rate limit: reserve(tokens) -> settle)."""
+
+    client: str
+    trace: RequestTrace
+    gone: Callable[[], bool] = lambda: False
+    reserve: Callable[[int], Settle] = lambda tokens: (lambda used: None)
 
 
 @dataclass
 class Job:
     """One running request: its lease on the model, its streams (one per
-    choice: `n` per prompt, in choice order), its trace and the response ids.
-    `close` ends it once: streams, lease, metrics."""
+    choice: `n` per prompt, in choice order), its caller and the response ids.
+    `close` ends it once: streams, lease, reservation, metrics."""
 
     lease: ModelLease
     streams: list[RequestStream]
     response_id: str
     model: str
-    trace: RequestTrace
+    caller: Caller
     tools: Optional[ToolSetup] = None  # chat with tools that may be called
+    settle: Settle = lambda used: None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def engine(self) -> InferenceEngine:
         return self.lease.engine
 
+    @property
+    def trace(self) -> RequestTrace:
+        return self.caller.trace
+
     def close(self, status: int) -> None:
         for stream in self.streams:
             stream.close()  # a client that went away aborts what is still running
         self.lease.release()
         self.trace.finish(status)
+        self.settle(self.trace.prompt_tokens + self.trace.completion_tokens)
 
 
 def sampling_params(req: _SamplingFields, choice: int = 0) -> SamplingParams:
@@ -69,19 +90,22 @@ def _check_capabilities(engine: InferenceEngine, req: Any,
 
 
 def _submit(lease: ModelLease, prompts: list[list[int]], req: Any, response_id: str,
-            trace: RequestTrace, tools: Optional[ToolSetup] = None) -> Job:
-    job = Job(lease, [], response_id, req.model, trace, tools)
+            caller: Caller, tools: Optional[ToolSetup] = None) -> Job:
+    job = Job(lease, [], response_id, req.model, caller, tools)
     # a required or named tool call is a JSON reply of a known shape
     json_schema = (tools.call_schema() if tools else None) or req.json_schema
     try:
         _check_capabilities(lease.engine, req, json_schema)
+        job.settle = caller.reserve(sum(len(t) for t in prompts) + len(prompts) * req.n * (
+            req.max_tokens or UNBOUNDED_OUTPUT_ESTIMATE))
         for tokens in prompts:
             for choice in range(req.n):
                 job.streams.append(lease.engine.submit(GenerationRequest(
                     request_id=f"{response_id}-{len(job.streams)}", prompt_tokens=tokens,
                     max_tokens=req.max_tokens, sampling=sampling_params(req, choice),
                     stop=req.stop_list, ignore_eos=req.ignore_eos,
-                    logprobs=req.logprobs_wanted, json_schema=json_schema)))
+                    logprobs=req.logprobs_wanted, json_schema=json_schema,
+                    client=caller.client)))
     except BaseException as exc:
         job.close(getattr(exc, "status_code", 500))
         raise
@@ -98,7 +122,7 @@ def _prompt_tokens(lease: ModelLease, trace: RequestTrace,
         raise
 
 
-def start_chat(lease: ModelLease, req: ChatCompletionRequest, trace: RequestTrace) -> Job:
+def start_chat(lease: ModelLease, req: ChatCompletionRequest, caller: Caller) -> Job:
     """Render, tokenize and submit a chat request; the job owns the lease from here."""
     setup: Optional[ToolSetup] = None
 
@@ -113,17 +137,17 @@ def start_chat(lease: ModelLease, req: ChatCompletionRequest, trace: RequestTrac
         prompt = engine.render_chat(messages, tools=tools)
         return [engine.tokenize(prompt, add_special=True)]
 
-    return _submit(lease, _prompt_tokens(lease, trace, tokens), req,
-                   f"chatcmpl-{uuid.uuid4().hex}", trace, setup)
+    return _submit(lease, _prompt_tokens(lease, caller.trace, tokens), req,
+                   f"chatcmpl-{uuid.uuid4().hex}", caller, setup)
 
 
-def start_completion(lease: ModelLease, req: CompletionRequest, trace: RequestTrace) -> Job:
+def start_completion(lease: ModelLease, req: CompletionRequest, caller: Caller) -> Job:
     def tokens(engine: InferenceEngine) -> list[list[int]]:
         return [p if isinstance(p, list) else engine.tokenize(p, add_special=True)
                 for p in req.prompts()]
 
-    return _submit(lease, _prompt_tokens(lease, trace, tokens), req,
-                   f"cmpl-{uuid.uuid4().hex}", trace)
+    return _submit(lease, _prompt_tokens(lease, caller.trace, tokens), req,
+                   f"cmpl-{uuid.uuid4().hex}", caller)
 
 
 @dataclass
@@ -156,11 +180,10 @@ def _collect(stream: RequestStream, deadline: Optional[float],
     return out
 
 
-def _collect_all(job: Job, deadline: Optional[float],
-                 client_gone: Callable[[], bool]) -> list[_Collected]:
+def _collect_all(job: Job, deadline: Optional[float]) -> list[_Collected]:
     status = 200
     try:
-        return [_collect(s, deadline, client_gone, job.trace) for s in job.streams]
+        return [_collect(s, deadline, job.caller.gone, job.trace) for s in job.streams]
     except ServiceError as exc:
         status = exc.status_code
         raise
@@ -212,9 +235,9 @@ def _by_text(top: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def chat_response(job: Job, req: ChatCompletionRequest, deadline: Optional[float],
-                  client_gone: Callable[[], bool]) -> dict[str, Any]:
-    results = _collect_all(job, deadline, client_gone)
+def chat_response(job: Job, req: ChatCompletionRequest,
+                  deadline: Optional[float]) -> dict[str, Any]:
+    results = _collect_all(job, deadline)
     want_logprobs = req.logprobs_wanted is not None
     choices = []
     for i, r in enumerate(results):
@@ -236,8 +259,8 @@ def chat_response(job: Job, req: ChatCompletionRequest, deadline: Optional[float
 
 
 def completion_response(job: Job, req: CompletionRequest, prompts_text: list[str],
-                        deadline: Optional[float], client_gone: Callable[[], bool]) -> dict[str, Any]:
-    results = _collect_all(job, deadline, client_gone)
+                        deadline: Optional[float]) -> dict[str, Any]:
+    results = _collect_all(job, deadline)
     want_logprobs = req.logprobs_wanted is not None
     choices = []
     for i, r in enumerate(results):
@@ -259,15 +282,24 @@ def sse(data: Union[dict[str, Any], str]) -> str:
 def job_deltas(job: Job, deadline: Optional[float]
                ) -> Iterator[tuple[int, Optional[GenerationDelta]]]:
     """(choice index, delta) as they come, choice after choice; (index, None)
-    after KEEPALIVE_INTERVAL of silence. Raises the error a delta carries."""
+    after KEEPALIVE_INTERVAL of silence. Raises the error a delta carries, and
+    ClientDisconnectedError as soon as a waiting request's client hangs up
+    (a write would tell only at the next token)."""
+    quiet_since = time.monotonic()
     for index, stream in enumerate(job.streams):
-        for delta in stream.iter_deltas(deadline, idle_interval=KEEPALIVE_INTERVAL):
-            if delta is not None:
+        for delta in stream.iter_deltas(deadline, idle_interval=DISCONNECT_CHECK_INTERVAL):
+            if delta is None:
+                if job.caller.gone():
+                    raise ClientDisconnectedError("The client closed the connection.")
+                if time.monotonic() - quiet_since < KEEPALIVE_INTERVAL:
+                    continue
+            else:
                 if delta.error is not None:
                     raise delta.error
                 if delta.token_count:
                     job.trace.first_token()
                 job.trace.add_usage(delta.usage)
+            quiet_since = time.monotonic()
             yield index, delta
 
 

@@ -1,7 +1,14 @@
-"""Read a JSON body into a pydantic model, or answer a clear 400."""
+"""Read a JSON body into a pydantic model, or answer a clear 400.
+
+The body is strict JSON in UTF-8 (no NaN or Infinity), at most
+MAX_JSON_DEPTH levels deep, with no NUL characters and no lone surrogates
+in its strings: what the tokenizers and C engines behind could not take.
+Its size is capped before it is read (MAX_REQUEST_BYTES, a 413).
+"""
 from __future__ import annotations
 
-from typing import Type, TypeVar
+import json
+from typing import Any, Type, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
@@ -9,13 +16,59 @@ from pydantic import BaseModel, ValidationError
 from ..core.exceptions import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
+MAX_JSON_DEPTH = 64
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_values(body: Any) -> None:
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidRequestError("The request contains a NUL character (\\u0000), "
+                                          "which this API does not accept.")
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidRequestError("The request contains a lone UTF-16 surrogate "
+                                              "(an invalid \\ud800-\\udfff escape).") from None
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidRequestError(f"The request body is nested more than "
+                                          f"{MAX_JSON_DEPTH} levels deep.")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth))
+                stack.append((item, depth + 1))
+
+
+def read_json() -> Any:
+    """The request's body, parsed and checked (and cached for a second read)."""
+    raw = request.get_data(cache=True)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.") from None
+    try:
+        body = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise InvalidRequestError(f"The request body is nested more than {MAX_JSON_DEPTH} "
+                                  f"levels deep.") from None
+    except ValueError:
+        raise InvalidRequestError("We could not parse the JSON body of your request. The body "
+                                  "must be a JSON object (Content-Type: application/json).") \
+            from None
+    _check_values(body)
+    return body
 
 
 def parse_body(model: Type[M]) -> M:
-    body = request.get_json(silent=True, force=True)
-    if body is None:
-        raise InvalidRequestError("We could not parse the JSON body of your request. The body "
-                                  "must be a JSON object (Content-Type: application/json).")
+    body = read_json()
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return validate_as(model, body)

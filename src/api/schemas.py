@@ -14,7 +14,11 @@ from ..core.model_catalog import ModelSettings
 
 
 MAX_CHOICES = 16  # `n`: each choice is a sequence of its own in the engine
+MAX_SEQUENCES = 128  # prompts x n in one completions request
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
+MAX_MESSAGES = 2048  # as OpenAI
+MAX_TOOLS = 128  # as OpenAI
+MAX_LOGIT_BIAS = 300  # tokens one request may bias
 
 
 class _Lenient(BaseModel):
@@ -95,6 +99,8 @@ class _SamplingFields(_Lenient):
     @field_validator("logit_bias")
     @classmethod
     def _bias_range(cls, value: Optional[dict[int, float]]) -> Optional[dict[int, float]]:
+        if value and len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased")
         for bias in (value or {}).values():
             if not -100 <= bias <= 100:
                 raise ValueError("logit_bias values must be between -100 and 100")
@@ -139,8 +145,8 @@ class ResponseFormat(_Lenient):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    tools: Optional[list[dict[str, Any]]] = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    tools: Optional[list[dict[str, Any]]] = Field(None, max_length=MAX_TOOLS)
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     parallel_tool_calls: Optional[bool] = None
     logprobs: bool = False
@@ -198,6 +204,9 @@ class CompletionRequest(_SamplingFields):
     def _prompt_not_empty(self) -> "CompletionRequest":
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be an empty list")
+        if len(self.prompts()) * self.n > MAX_SEQUENCES:
+            raise InvalidRequestError(f"At most {MAX_SEQUENCES} sequences (prompts times n) "
+                                      f"per request.", param="prompt")
         return self
 
     def prompts(self) -> list[Union[str, list[int]]]:

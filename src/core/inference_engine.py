@@ -42,6 +42,7 @@ class GenerationRequest:
     logprobs: Optional[int] = None  # None: none; k: the chosen token's and k alternatives
     json_schema: Optional[dict[str, Any]] = None  # the output must be JSON valid against it
     grammar: Optional[str] = None  # an engine's own grammar (llama.cpp: GBNF)
+    client: str = ""  # who asked (key fingerprint or address): queues are fair per client
 
 
 @dataclass

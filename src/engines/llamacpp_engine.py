@@ -29,6 +29,7 @@ from ..core.concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_
 from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
                                ModelLoadError, RequestTimeoutError, ServiceError,
                                ServiceUnavailableError)
+from ..core.fair_queue import FairQueue, queue_full
 from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
                                      GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
@@ -124,7 +125,8 @@ class LlamaCppEngine(InferenceEngine):
         self._template: Optional[ChatTemplate] = None
         self._bos_text = ""
         self._add_bos = False
-        self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
+        self._pending: FairQueue[tuple[GenerationRequest, RequestStream, Any]] = \
+            FairQueue(self.options.max_waiting)
         self._aborts: deque[str] = deque()
         self._embed_jobs: deque[_EmbedJob] = deque()
         self._embedder: Optional[LlamaCppEmbedder] = None  # made on the first embedding request
@@ -275,12 +277,9 @@ class LlamaCppEngine(InferenceEngine):
                                           f"model's vocabulary (0..{self._n_vocab - 1}).",
                                           param="logit_bias")
         grammar = self._grammar_for(request)
-        if len(self._pending) >= self.options.max_waiting:
-            raise ServiceUnavailableError(
-                f"Model '{self.model_id}' has {len(self._pending)} requests waiting "
-                f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
         stream = RequestStream(request.request_id, self.abort)
-        self._pending.append((request, stream, grammar))
+        if not self._pending.put(request.client, (request, stream, grammar)):
+            raise queue_full(self.model_id, len(self._pending))
         self._wakeup.notify()
         return stream
 
@@ -350,8 +349,11 @@ class LlamaCppEngine(InferenceEngine):
             job.done.put(exc)
 
     def _admit(self) -> None:
-        while self._pending and self._free_slots:
-            request, stream, grammar = self._pending.popleft()
+        while self._free_slots:
+            waiting = self._pending.get()
+            if waiting is None:
+                break
+            request, stream, grammar = waiting
             if stream.finished:
                 continue
             prompt = request.prompt_tokens
@@ -478,8 +480,7 @@ class LlamaCppEngine(InferenceEngine):
             self._embed_jobs.popleft().done.put(error)
         for seq in list(self._active.values()):
             self._finish(seq, error=error)
-        while self._pending:
-            _, stream, _ = self._pending.popleft()
+        for _, stream, _ in self._pending.drain():
             stream.push(GenerationDelta(error=error))
 
     # helpers -------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +20,7 @@ from loguru import logger
 from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
                                ServiceUnavailableError)
+from ..core.fair_queue import FairQueue, queue_full
 from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
                                      InferenceEngine, RequestStream, Usage)
 from ..core.text_stream import StopMatcher
@@ -44,7 +44,8 @@ class MLXEngine(HFText, InferenceEngine):
         # request that starts with the same tokens skips them
         self._cache: Optional[list[Any]] = None
         self._cache_tokens: list[int] = []
-        self._pending: deque[tuple[GenerationRequest, RequestStream]] = deque()
+        self._pending: FairQueue[tuple[GenerationRequest, RequestStream]] = \
+            FairQueue(self.options.max_waiting)
         self._aborted: set[str] = set()
         self._running: Optional[str] = None
         self._wakeup = NativeWakeup()
@@ -107,12 +108,9 @@ class MLXEngine(HFText, InferenceEngine):
         self._check_request(request)
         if request.json_schema is not None:
             self._schema_grammar(request.json_schema)
-        if len(self._pending) >= self.options.max_waiting:
-            raise ServiceUnavailableError(
-                f"Model '{self.model_id}' has {len(self._pending)} requests waiting "
-                f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
         stream = RequestStream(request.request_id, self.abort)
-        self._pending.append((request, stream))
+        if not self._pending.put(request.client, (request, stream)):
+            raise queue_full(self.model_id, len(self._pending))
         self._wakeup.notify()
         return stream
 
@@ -138,18 +136,19 @@ class MLXEngine(HFText, InferenceEngine):
         self._loaded.release()
         try:
             while not self._stopping:
-                if not self._pending:
+                waiting = self._pending.get()
+                if waiting is None:
                     self._wakeup.wait(0.5)
                     continue
-                request, stream = self._pending.popleft()
+                request, stream = waiting
                 if stream.finished or request.request_id in self._aborted:
                     self._aborted.discard(request.request_id)
                     continue
                 self._generate(model, tokenizer, request, stream)
         finally:
             error = ServiceUnavailableError(f"Model '{self.model_id}' was unloaded.")
-            while self._pending:
-                self._pending.popleft()[1].push(GenerationDelta(error=error))
+            for _, stream in self._pending.drain():
+                stream.push(GenerationDelta(error=error))
             del model
             import mlx.core as mx
 

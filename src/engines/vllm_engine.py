@@ -15,6 +15,7 @@ import asyncio
 import os
 import selectors
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from ..core.concurrency import allocate_native_lock, start_native_thread
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
                                ServiceUnavailableError)
+from ..core.fair_queue import admits, queue_full
 from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
                                      InferenceEngine, RequestStream, Usage)
 from .chat_template import ChatTemplate
@@ -51,6 +53,8 @@ class VLLMEngine(HFText, InferenceEngine):
         self._vocab_size = 0
         self._running: dict[str, RequestStream] = {}
         self._waiting = 0
+        self._in_flight: Counter[str] = Counter()  # per client: fairness between clients
+        self._in_flight_lock = allocate_native_lock()  # the hub adds, vLLM's loop removes
         self._loaded = allocate_native_lock()
         self._exited = allocate_native_lock()
         self._load_error: Optional[str] = None
@@ -109,14 +113,19 @@ class VLLMEngine(HFText, InferenceEngine):
         self._check_request(request)
         if self._loop is None:
             raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
-        if self._waiting >= self.options.max_waiting:
-            raise ServiceUnavailableError(
-                f"Model '{self.model_id}' has {self._waiting} requests waiting "
-                f"(MAX_CONCURRENT_REQUESTS); retry shortly.", headers={"Retry-After": "1"})
+        mine = self._in_flight[request.client]
+        if not admits(self._waiting, self.options.max_waiting, mine,
+                      len(self._in_flight) + (0 if mine else 1)):
+            raise queue_full(self.model_id, self._waiting)
         stream = RequestStream(request.request_id, self.abort)
         params = self._sampling_params(request)  # a bad parameter is a 400 here, not later
         self._running[request.request_id] = stream
-        asyncio.run_coroutine_threadsafe(self._generate(request, params, stream), self._loop)
+        with self._in_flight_lock:
+            self._in_flight[request.client] += 1
+        # vLLM's priority policy serves lower numbers first: a client's n-th request
+        # in flight waits behind every other client's earlier ones (round-robin)
+        asyncio.run_coroutine_threadsafe(self._generate(request, params, stream, mine),
+                                         self._loop)
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -165,7 +174,7 @@ class VLLMEngine(HFText, InferenceEngine):
                 tensor_parallel_size=opts.tensor_parallel_size,
                 pipeline_parallel_size=opts.pipeline_parallel_size,
                 distributed_executor_backend=opts.distributed_executor_backend,
-                disable_log_stats=True,
+                disable_log_stats=True, scheduling_policy="priority",
                 # compact JSON under a schema, as the llama.cpp engine's grammar makes:
                 # a model cannot spend its tokens on whitespace
                 structured_outputs_config=StructuredOutputsConfig(backend="xgrammar",
@@ -195,14 +204,14 @@ class VLLMEngine(HFText, InferenceEngine):
         self._llm = None
 
     async def _generate(self, request: GenerationRequest, params: Any,
-                        stream: RequestStream) -> None:
+                        stream: RequestStream, priority: int) -> None:
         rid = request.request_id
         generated = cached = 0
         self._waiting += 1
         started = False
         try:
             async for out in self._llm.generate({"prompt_token_ids": request.prompt_tokens},
-                                                params, request_id=rid):
+                                                params, request_id=rid, priority=priority):
                 if not started:
                     started, self._waiting = True, self._waiting - 1
                 choice = out.outputs[0]
@@ -223,6 +232,10 @@ class VLLMEngine(HFText, InferenceEngine):
             if not started:
                 self._waiting -= 1
             self._running.pop(rid, None)
+            with self._in_flight_lock:
+                self._in_flight[request.client] -= 1
+                if not self._in_flight[request.client]:
+                    del self._in_flight[request.client]
             self._tokens_generated += generated
 
     def _logprobs(self, choice: Any, top: Optional[int]) -> Optional[list[dict[str, Any]]]:

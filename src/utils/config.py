@@ -59,6 +59,16 @@ class Settings(BaseModel):
     max_concurrent_requests: int = Field(100, ge=1)
     request_timeout: float = Field(300.0, gt=0)
 
+    # Access: keys, rate limits, input limits (docs/operations.md)
+    api_keys: str = ""  # comma-separated user keys; with none (and no file) the API is open
+    api_keys_file: Optional[Path] = None  # one key a line ('#' comments); reread on SIGHUP
+    admin_api_key: Optional[str] = None  # management routes; unset: any user key may manage
+    rate_limit_rpm: int = Field(0, ge=0)  # requests a minute per key (per IP without keys)
+    rate_limit_tpm: int = Field(0, ge=0)  # prompt + completion tokens a minute per key
+    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # larger bodies get a 413
+    max_output_tokens: int = Field(0, ge=0)  # max_tokens cap (and default); 0: the context
+    cors_origins: str = ""  # comma-separated origins allowed by browsers, or *; empty: off
+
     # Logs and metrics
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_dir: Path = Path("./logs")
@@ -78,7 +88,7 @@ class Settings(BaseModel):
         return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("chat_template", "vllm_quantization", "distributed_executor_backend",
-                     mode="before")
+                     "api_keys_file", "admin_api_key", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Optional[str]) -> Optional[str]:
         return value or None
@@ -86,6 +96,10 @@ class Settings(BaseModel):
     def resolve(self, path: Path) -> Path:
         """A configured relative path is relative to the project root."""
         return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        return self.host not in ("127.0.0.1", "localhost", "::1")
 
     @property
     def model_dir(self) -> Path:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from pydantic import Field
 
 from ...core.exceptions import InvalidRequestError
-from ..client_connection import client_disconnected
 from ..generation import chat_response, chat_stream
-from ..request_parsing import parse_body, validate_as
+from ..request_parsing import parse_body, read_json, validate_as
 from ..schemas import ChatCompletionRequest, _Lenient
 from .openai_compat import event_stream, start_chat_job
 
@@ -41,16 +40,16 @@ class GenerateRequest(_Lenient):
 
 @bp.post("/generate")
 def generate():
-    body = request.get_json(silent=True, force=True)
     req = parse_body(GenerateRequest)
+    body = read_json()
     # every sampling field of a chat request (temperature, max_tokens, stop, seed...) applies
-    sampling = {k: v for k, v in (body or {}).items()
+    sampling = {k: v for k, v in body.items()
                 if k not in GenerateRequest.model_fields or k == "model"}
     chat = validate_as(ChatCompletionRequest, {**sampling, "messages": req.messages()})
     job, deadline = start_chat_job(chat, "generate")
     if chat.stream:
         return event_stream(chat_stream(job, chat, deadline), job)
-    reply = chat_response(job, chat, deadline, client_disconnected(request.environ))
+    reply = chat_response(job, chat, deadline)
     first = reply["choices"][0]
     return jsonify({**reply, "object": "generation", "text": first["message"]["content"],
                     "finish_reason": first["finish_reason"]})

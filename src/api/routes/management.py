@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ...core.exceptions import InvalidRequestError
 from ...core.model_manager import ModelManager
+from ..middleware.auth import admin_only
 from ..request_parsing import parse_body
 from ..schemas import LoadModelRequest
 
@@ -29,6 +30,7 @@ def health():
 
 
 @bp.post("/v1/models/load")
+@admin_only
 def load_model():
     req = parse_body(LoadModelRequest)
     info = _manager().load(req.model_name, req.model_path, req.engine_type, req.settings(),
@@ -38,11 +40,13 @@ def load_model():
 
 
 @bp.delete("/v1/models/<path:model_id>/unload")
+@admin_only
 def unload_model(model_id: str):
     return jsonify(_manager().unload(model_id, _drain_timeout()))
 
 
 @bp.delete("/v1/models/<path:model_id>")
+@admin_only
 def delete_model(model_id: str):
     """Unload, and forget a model that a load request registered."""
     _manager().unload(model_id, _drain_timeout(), forget=True)

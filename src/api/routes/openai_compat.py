@@ -14,8 +14,9 @@ from ...core.exceptions import (ClientDisconnectedError, InvalidRequestError,
                                UnsupportedFeatureError)
 from ...core.model_manager import ModelManager
 from ..client_connection import client_disconnected
-from ..generation import (Job, chat_response, chat_stream, completion_response, completion_stream,
+from ..generation import (Caller, Job, chat_response, chat_stream, completion_response, completion_stream,
                           start_chat, start_completion)
+from ..middleware.rate_limit import token_reservation
 from ..request_parsing import parse_body
 from ..request_trace import RequestTrace
 from ..schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
@@ -71,19 +72,31 @@ def _with_model(req: Any) -> Any:
     return req
 
 
-def _trace(model: str, endpoint: str, req: Any) -> RequestTrace:
+def _caller(model: str, endpoint: str, req: Any) -> Caller:
     trace = RequestTrace(current_app.extensions["metrics"], model, endpoint, req.stream, req.n)
     g.trace = trace  # for the access log line
-    return trace
+    return Caller(g.get("client", ""), trace, client_disconnected(request.environ),
+                  token_reservation())
+
+
+def _cap_output(req: Any) -> Any:
+    """MAX_OUTPUT_TOKENS: the default max_tokens, and the most one may ask."""
+    cap = current_app.config["SETTINGS"].max_output_tokens
+    if cap and req.max_tokens is None:
+        req.max_tokens = cap
+    elif cap and req.max_tokens > cap:
+        raise InvalidRequestError(f"max_tokens is too large: {req.max_tokens}. This server "
+                                  f"allows at most {cap} completion tokens.", param="max_tokens")
+    return req
 
 
 def start_chat_job(req: ChatCompletionRequest, endpoint: str) -> tuple[Job, float]:
     """A chat request under way on its model (the default one when it names
     none), and its deadline: what every chat-shaped route starts from."""
-    _with_model(req)
+    _cap_output(_with_model(req))
     lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    return start_chat(lease, req, _trace(lease.model_id, endpoint, req)), deadline
+    return start_chat(lease, req, _caller(lease.model_id, endpoint, req)), deadline
 
 
 @bp.post("/v1/chat/completions")
@@ -93,21 +106,20 @@ def chat_completions():
     job, deadline = start_chat_job(req, "chat")
     if req.stream:
         return event_stream(chat_stream(job, req, deadline), job)
-    return jsonify(chat_response(job, req, deadline, client_disconnected(request.environ)))
+    return jsonify(chat_response(job, req, deadline))
 
 
 @bp.post("/v1/completions")
 @bp.post("/completions")
 def completions():
-    req = _with_model(parse_body(CompletionRequest))
+    req = _cap_output(_with_model(parse_body(CompletionRequest)))
     lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    job = start_completion(lease, req, _trace(lease.model_id, "completions", req))
+    job = start_completion(lease, req, _caller(lease.model_id, "completions", req))
     prompts = [p if isinstance(p, str) else job.engine.detokenize(p) for p in req.prompts()]
     if req.stream:
         return event_stream(completion_stream(job, req, prompts, deadline), job)
-    return jsonify(completion_response(job, req, prompts, deadline,
-                                       client_disconnected(request.environ)))
+    return jsonify(completion_response(job, req, prompts, deadline))
 
 
 @bp.post("/tokenize")
@@ -144,12 +156,13 @@ def embeddings():
                                           param="model")
         inputs = [x if isinstance(x, list) else engine.tokenize(x, add_special=True)
                   for x in req.inputs()]
+        used = sum(len(x) for x in inputs)
+        token_reservation()(used)(used)  # counted against the TPM limit, all at once
         vectors = engine.embed(inputs, _timeout())
     if req.dimensions is not None:
         vectors = [_shorten(v, req.dimensions) for v in vectors]
     data = [{"object": "embedding", "index": i,
              "embedding": _encode(v, req.encoding_format)} for i, v in enumerate(vectors)]
-    used = sum(len(x) for x in inputs)
     return jsonify({"object": "list", "data": data, "model": req.model,
                     "usage": {"prompt_tokens": used, "total_tokens": used}})
 

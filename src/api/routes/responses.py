@@ -8,11 +8,10 @@ import json
 import uuid
 from typing import Any, Iterator, Optional, Union
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from pydantic import Field
 
 from ...core.exceptions import InvalidRequestError, ServiceError
-from ..client_connection import client_disconnected
 from ..generation import Job, chat_response, job_deltas, run_stream
 from ..request_parsing import parse_body, validate_as
 from ..schemas import ChatCompletionRequest, _Lenient
@@ -87,7 +86,7 @@ def create_response():
     job.response_id = f"resp_{uuid.uuid4().hex}"
     if chat.stream:
         return event_stream(_events(job, req, deadline), job)
-    reply = chat_response(job, chat, deadline, client_disconnected(request.environ))
+    reply = chat_response(job, chat, deadline)
     choice = reply["choices"][0]
     return jsonify(_response_object(job, req, choice["message"]["content"] or "",
                                     choice["finish_reason"], "completed"))

@@ -14,6 +14,7 @@ from ...core.inference_engine import GenerationRequest, SamplingParams
 from ...core.model_manager import ModelManager
 from ...utils.logger import LOG_FILES, recent_logs
 from ...utils.metrics import ServiceMetrics, system_figures
+from ..middleware.auth import admin_only, open_access_warning
 
 bp = Blueprint("system", __name__)
 PROBE_TIMEOUT = 30.0  # seconds one model may take to answer the health probe
@@ -38,6 +39,7 @@ def system_status():
         "platform": platform["info"], "engine": platform["choice"],
         "default_model": _manager().default_model_id,
         "models": _manager().describe(),
+        "security": _security(settings),
         "limits": {"max_concurrent_models": settings.max_concurrent_models,
                    "max_batch_size": settings.max_batch_size,
                    "context_size": settings.context_size,
@@ -46,6 +48,13 @@ def system_status():
                    "auto_load": settings.auto_load,
                    "model_idle_timeout": settings.model_idle_timeout},
     })
+
+
+def _security(settings: Any) -> dict[str, Any]:
+    keys = current_app.extensions["keys"]
+    return {"api_keys": keys.users_need_keys, "admin_key": keys.has_admin_key,
+            "rate_limit_rpm": settings.rate_limit_rpm, "rate_limit_tpm": settings.rate_limit_tpm,
+            "warning": open_access_warning(settings, keys)}
 
 
 @bp.get("/v1/system/health")
@@ -107,6 +116,7 @@ def openapi_document():
 
 
 @bp.get("/v1/logs/recent")
+@admin_only
 def logs_recent():
     try:
         limit = int(request.args.get("limit", "100"))
