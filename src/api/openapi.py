@@ -49,6 +49,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                               "default": {"description": "An OpenAI-shaped error",
                                           "content": {"application/json": {
                                               "schema": {"$ref": "#/components/schemas/Error"}}}}}}
+            if getattr(view, "admin_only", False):
+                operation["x-admin-only"] = True  # ADMIN_API_KEY when one is set
             body = REQUEST_BODIES.get(rule.endpoint)
             if body is not None:
                 operation["requestBody"] = {"required": True, "content": {"application/json": {
@@ -57,7 +59,10 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     return {"openapi": "3.1.0",
             "info": {"title": "vllm-obtain", "version": __version__,
                      "description": "An OpenAI-compatible inference service."},
-            "paths": paths, "components": {"schemas": components}}
+            "paths": paths, "security": [{"bearer": []}],
+            "components": {"schemas": components, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "API_KEYS / ADMIN_API_KEY, when set"}}}}
 
 
 def _add_schema(components: dict[str, Any], model: type[BaseModel]) -> str:

@@ -1,7 +1,8 @@
-"""The requests waiting for a model, served round-robin between clients.
+"""The requests waiting for a model, served in turn between clients.
 
 One client with a hundred queued requests must not starve another with one:
-`get` takes the oldest request of each client in turn, and a full queue
+`get` takes the oldest request of the client served least recently (one
+never served first), and a full queue
 still admits a client that holds less than its fair share of it (the
 capacity divided among the clients waiting), refusing only those above it.
 So a queue may run over its capacity by at most that many shares' worth.
@@ -18,7 +19,7 @@ from .concurrency import allocate_native_lock
 from .exceptions import ServiceUnavailableError
 
 T = TypeVar("T")
-
+REMEMBERED_CLIENTS = 4096  # clients whose last turn is kept
 
 def admits(waiting: int, capacity: int, mine: int, clients: int) -> bool:
     """May a client holding `mine` of the `waiting` requests add one more?
@@ -36,7 +37,9 @@ def queue_full(model_id: str, waiting: int) -> ServiceUnavailableError:
 class FairQueue(Generic[T]):
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._queues: OrderedDict[str, deque[T]] = OrderedDict()  # next client first
+        self._queues: dict[str, deque[T]] = {}  # in order of arrival
+        self._served: OrderedDict[str, int] = OrderedDict()  # client -> its last turn
+        self._turn = 0
         self._size = 0
         self._lock = allocate_native_lock()
 
@@ -58,16 +61,21 @@ class FairQueue(Generic[T]):
             return True
 
     def get(self) -> Optional[T]:
-        """The next client's oldest request, or None when nothing waits."""
+        """The oldest request of the client served least recently, or None."""
         with self._lock:
             if not self._queues:
                 return None
-            client, mine = next(iter(self._queues.items()))
+            client = min(self._queues, key=lambda c: self._served.get(c, -1))
+            mine = self._queues[client]
             item = mine.popleft()
             self._size -= 1
-            del self._queues[client]
-            if mine:  # its next request waits behind every other client's
-                self._queues[client] = mine
+            if not mine:
+                del self._queues[client]
+            self._turn += 1
+            self._served[client] = self._turn
+            self._served.move_to_end(client)
+            if len(self._served) > REMEMBERED_CLIENTS:
+                self._served.popitem(last=False)
             return item
 
     def drain(self) -> list[T]:

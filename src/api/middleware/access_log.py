@@ -36,6 +36,8 @@ def _entry(response: Response) -> dict[str, Any]:
         "route": request.url_rule.rule if request.url_rule else "<unmatched>",
         "path": request.path, "status": response.status_code,
         "client": request.remote_addr, "started": g.get("started", time.monotonic())}
+    if g.get("client", "").startswith("key:"):  # the key's fingerprint, never the key
+        entry["key"] = g.client
     if current_app.config["SETTINGS"].log_prompts and request.is_json:
         body = request.get_json(silent=True) or {}
         if isinstance(body, dict):

@@ -1,0 +1,297 @@
+"""API keys, admin routes, rate limits, fair queues and CORS, on real
+gunicorn + gevent servers with the tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from urllib.parse import urlparse
+
+import openai
+import pytest
+import requests
+
+from src.core.fair_queue import FairQueue
+from tests.conftest import start_server, stop_server
+
+USER_KEYS = ["user-key-one", "user-key-two"]
+FILE_KEY, ADMIN_KEY = "file-key-one", "admin-key-xyz"
+ORIGIN = "https://app.example"
+# the routes only the admin key may call (when one is set)
+ADMIN_ROUTES = {("post", "/v1/models/load"), ("delete", "/v1/models/{model_id}/unload"),
+                ("delete", "/v1/models/{model_id}"), ("get", "/v1/logs/recent")}
+CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def raw_request(server, path: str, body: dict, headers: dict[str, str]) -> socket.socket:
+    """A POST sent on a socket of its own, not waited for."""
+    url = urlparse(server.url)
+    payload = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: "
+                 f"application/json\r\nContent-Length: {len(payload)}\r\n{head}\r\n"
+                 .encode() + payload)
+    return sock
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_error(resp: requests.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, (resp.request.method, resp.url, resp.text)
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    return error
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.txt"
+    path.write_text(f"# team keys\n{FILE_KEY}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, model_dir, tiny_model, keys_file):
+    server = start_server(tmp_path_factory.mktemp("guarded"), {
+        "DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(model_dir),
+        "API_KEYS": ",".join(USER_KEYS), "API_KEYS_FILE": str(keys_file),
+        "ADMIN_API_KEY": ADMIN_KEY, "CORS_ORIGINS": ORIGIN})
+    yield server
+    stop_server(server)
+
+
+def operations(server) -> list[tuple[str, str]]:
+    """Every (method, path) the server documents."""
+    doc = requests.get(f"{server.url}/openapi.json", headers=auth(USER_KEYS[0]), timeout=10)
+    assert doc.status_code == 200
+    ops = [(m, p) for p, item in doc.json()["paths"].items() for m in item]
+    admin = {(m, p) for p, item in doc.json()["paths"].items() for m, op in item.items()
+             if op.get("x-admin-only")}
+    assert admin == ADMIN_ROUTES
+    return ops
+
+
+def call(server, method: str, path: str, **kwargs) -> requests.Response:
+    url = server.url + path.replace("{model_id}", "tiny-chat")
+    body = CHAT if method == "post" else None
+    return requests.request(method, url, json=body, timeout=60, **kwargs)
+
+
+def test_every_route_but_health_needs_a_key(guarded):
+    ops = operations(guarded)
+    assert len(ops) > 20
+    for method, path in ops:
+        if path == "/health":
+            assert call(guarded, method, path).status_code == 200
+            continue
+        error = assert_error(call(guarded, method, path), 401, "invalid_api_key")
+        assert "didn't provide an API key" in error["message"]
+        assert_error(call(guarded, method, path, headers=auth("wrong-key")), 401,
+                     "invalid_api_key")
+        assert_error(call(guarded, method, path, headers={"x-api-key": "wrong"}), 401,
+                     "invalid_api_key")
+
+
+def test_user_keys_cannot_manage_but_the_admin_key_can(guarded):
+    for method, path in ADMIN_ROUTES:
+        for key in USER_KEYS + [FILE_KEY]:
+            assert_error(call(guarded, method, path, headers=auth(key)), 403,
+                         "permission_denied")
+    logs = requests.get(f"{guarded.url}/v1/logs/recent", headers=auth(ADMIN_KEY), timeout=10)
+    assert logs.status_code == 200
+    load = requests.post(f"{guarded.url}/v1/models/load", headers=auth(ADMIN_KEY), timeout=60,
+                         json={"model_name": "tiny-chat"})
+    assert load.status_code == 200 and load.json()["state"] == "ready"
+
+
+def test_keys_work_from_every_source_and_with_the_sdk(guarded):
+    for key in USER_KEYS + [FILE_KEY, ADMIN_KEY]:
+        client = openai.OpenAI(base_url=guarded.base_url, api_key=key, max_retries=0)
+        answer = client.chat.completions.create(model="tiny-chat", messages=CHAT["messages"],
+                                                max_tokens=2)
+        assert answer.usage.completion_tokens == 2
+    r = requests.post(f"{guarded.base_url}/chat/completions", json=CHAT, timeout=60,
+                      headers={"x-api-key": USER_KEYS[1]})
+    assert r.status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=guarded.base_url, api_key="nope",
+                      max_retries=0).models.list()
+
+
+def test_keys_never_reach_the_logs(guarded):
+    requests.post(f"{guarded.base_url}/chat/completions", json=CHAT, timeout=60,
+                  headers=auth(USER_KEYS[0]))
+    log_dir = guarded.log_path.parent / "logs"
+    text = "".join(p.read_text(errors="replace") for p in log_dir.glob("*.log"))
+    text += guarded.log()
+    for key in USER_KEYS + [FILE_KEY, ADMIN_KEY, "wrong-key"]:
+        assert key not in text
+    assert '"key": "key:' in (log_dir / "api_requests.log").read_text()
+
+
+def test_sighup_rereads_the_keys_file(guarded, keys_file):
+    new_key = "file-key-two"
+    keys_file.write_text(f"{new_key}\n")
+    os.kill(guarded.process.pid, signal.SIGHUP)  # run.py exec'd the gunicorn master
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if requests.get(f"{guarded.base_url}/models", headers=auth(new_key),
+                        timeout=10).status_code == 200:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the new key was not accepted after SIGHUP")
+    assert_error(requests.get(f"{guarded.base_url}/models", headers=auth(FILE_KEY), timeout=10),
+                 401, "invalid_api_key")
+    # the worker was not restarted: the model stayed loaded, the inline keys still work
+    assert requests.get(f"{guarded.base_url}/models", headers=auth(USER_KEYS[0]),
+                        timeout=10).status_code == 200
+    assert "Booting worker" not in guarded.log().split("SIGHUP")[-1]
+
+
+def test_cors_only_for_the_configured_origin(guarded):
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    ok = requests.options(f"{guarded.base_url}/chat/completions", timeout=10,
+                          headers={"Origin": ORIGIN, **preflight})
+    assert ok.status_code == 200
+    assert ok.headers["Access-Control-Allow-Origin"] == ORIGIN
+    other = requests.options(f"{guarded.base_url}/chat/completions", timeout=10,
+                             headers={"Origin": "https://evil.example", **preflight})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    answer = requests.post(f"{guarded.base_url}/chat/completions", json=CHAT, timeout=60,
+                           headers={"Origin": ORIGIN, **auth(USER_KEYS[0])})
+    assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "X-Request-ID" in answer.headers["Access-Control-Expose-Headers"]
+
+
+def test_system_status_reports_the_security_setup(guarded):
+    status = requests.get(f"{guarded.base_url}/system/status", headers=auth(USER_KEYS[0]),
+                          timeout=10).json()["security"]
+    assert status["api_keys"] and status["admin_key"] and status["warning"] is None
+
+
+# rate limits ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory, model_dir, tiny_model):
+    server = start_server(tmp_path_factory.mktemp("limited"), {
+        "DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(model_dir),
+        "API_KEYS": "rpm-key,tpm-key,other-key", "RATE_LIMIT_RPM": str(RPM),
+        "RATE_LIMIT_TPM": "1000"})
+    yield server
+    stop_server(server)
+
+
+RPM = 8
+
+
+def test_requests_per_minute_per_key(limited):
+    remaining = []
+    for _ in range(RPM):
+        r = requests.get(f"{limited.base_url}/models", headers=auth("rpm-key"), timeout=10)
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-limit-requests"] == str(RPM)
+        remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == list(range(RPM - 1, -1, -1))
+    refused = requests.get(f"{limited.base_url}/models", headers=auth("rpm-key"), timeout=10)
+    error = assert_error(refused, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests" and int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    client = openai.OpenAI(base_url=limited.base_url, api_key="rpm-key", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.models.list()
+    # another key has its own budget; /health is never limited
+    assert requests.get(f"{limited.base_url}/models", headers=auth("other-key"),
+                        timeout=10).status_code == 200
+    assert requests.get(f"{limited.url}/health", timeout=10).status_code == 200
+
+
+def test_tokens_per_minute_are_reserved_then_settled(limited):
+    too_big = requests.post(f"{limited.base_url}/chat/completions", headers=auth("tpm-key"),
+                            timeout=60, json={**CHAT, "max_tokens": 1200})
+    assert "Request too large" in assert_error(too_big, 429, "rate_limit_exceeded")["message"]
+    # the end token is made certain: the answer stops at once, and the unused
+    # part of max_tokens goes back to the bucket
+    eos = requests.post(f"{limited.url}/tokenize", headers=auth("tpm-key"), timeout=10,
+                        json={"prompt": "<|im_end|>", "add_special_tokens": False}).json()
+    short = {**CHAT, "max_tokens": 600, "logit_bias": {str(eos["tokens"][0]): 100}}
+    for _ in range(3):  # 3 x 600 reserved > 1000: passes only if each one settled
+        r = requests.post(f"{limited.base_url}/chat/completions", headers=auth("tpm-key"),
+                          timeout=60, json=short)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] <= 1
+        assert int(r.headers["x-ratelimit-remaining-tokens"]) < 1000
+    answers = [requests.post(f"{limited.base_url}/completions", headers=auth("tpm-key"),
+                             timeout=60, json={"model": "tiny-chat", "prompt": "a",
+                                               "max_tokens": 400, "ignore_eos": True})
+               for _ in range(3)]  # 400 used each time: the third finds the bucket empty
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["type"] == "tokens"
+
+
+# fairness ------------------------------------------------------------------
+
+def test_fair_queue_serves_clients_in_turn_and_keeps_a_share_for_newcomers():
+    queue: FairQueue[str] = FairQueue(capacity=4)
+    assert all(queue.put("a", f"a{i}") for i in range(4))
+    assert not queue.put("a", "a4")  # full, and "a" holds all of it
+    assert queue.put("b", "b0")  # a newcomer still gets its share
+    assert queue.put("b", "b1") and not queue.put("b", "b2")  # share: 4 // 2 clients
+    assert [queue.get() for _ in range(6)] == ["a0", "b0", "a1", "b1", "a2", "a3"]
+    assert queue.get() is None and len(queue) == 0
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory, model_dir, tiny_model):
+    """One sequence at a time and four waiting: a queue that is easy to fill,
+    with a model slow enough (SmolLM2, one thread) to keep it full."""
+    server = start_server(tmp_path_factory.mktemp("narrow"), {
+        "DEFAULT_MODEL": SLOW_MODEL, "MODEL_BASE_PATH": str(model_dir),
+        "API_KEYS": "greedy-key,modest-key", "MAX_BATCH_SIZE": "1",
+        "MAX_CONCURRENT_REQUESTS": "4"})
+    yield server
+    stop_server(server)
+
+
+SLOW_MODEL = "SmolLM2-135M-Instruct"
+
+
+def test_a_flooding_key_cannot_starve_another(narrow):
+    long = {"model": SLOW_MODEL, "prompt": "once", "max_tokens": 300, "ignore_eos": True,
+            "stream": True}
+    greedy = auth("greedy-key")
+    url = f"{narrow.base_url}/completions"
+
+    def waiting() -> int:
+        status = requests.get(f"{narrow.base_url}/models/{SLOW_MODEL}/status",
+                              headers=greedy, timeout=10).json()
+        return status["runtime"]["requests_waiting"]
+
+    running = requests.post(url, json=long, headers=greedy, stream=True, timeout=60)
+    lines = running.iter_lines()  # kept: a dropped iterator closes the connection
+    next(line for line in lines if line.startswith(b"data: "))
+    # sockets, so that the test can hang up on them while they wait
+    queued = [raw_request(narrow, "/v1/completions", long, greedy) for _ in range(4)]
+    deadline = time.monotonic() + 10
+    while waiting() < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert waiting() == 4
+        # the queue is full, and the greedy key holds all of it
+        assert_error(requests.post(url, json=long, headers=greedy, timeout=60), 503,
+                     "service_unavailable")
+        modest = requests.post(url, headers=auth("modest-key"), timeout=60,
+                               json={**long, "max_tokens": 8, "stream": False})
+        assert modest.status_code == 200
+        # served next, ahead of the greedy key's queue: at most one of those started
+        assert waiting() >= 3
+    finally:
+        running.close()
+        for sock in queued:
+            sock.close()
