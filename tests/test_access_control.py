@@ -245,6 +245,10 @@ def test_fair_queue_serves_clients_in_turn_and_keeps_a_share_for_newcomers():
     assert queue.put("b", "b1") and not queue.put("b", "b2")  # share: 4 // 2 clients
     assert [queue.get() for _ in range(6)] == ["a0", "b0", "a1", "b1", "a2", "a3"]
     assert queue.get() is None and len(queue) == 0
+    queue.put("c", "c0")
+    queue.put("c", "c1")
+    assert queue.remove(lambda item: item == "c0") and not queue.remove(lambda item: False)
+    assert len(queue) == 1 and queue.get() == "c1"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from .tool_calls import (CallStart, Content, ToolCallParser, ToolSetup, message_
                          prompt_messages, tool_setup)
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
-DISCONNECT_CHECK_INTERVAL = 0.5  # how often a waiting request checks its client
+DISCONNECT_CHECK_INTERVAL = 0.1  # how often a waiting request checks its client
 UNBOUNDED_OUTPUT_ESTIMATE = 256  # tokens reserved for a choice without max_tokens
 
 Settle = Callable[[int], None]  # told once how many tokens a request really used

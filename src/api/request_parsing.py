@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any, Type, TypeVar
 
-from flask import request
+from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
-from ..core.exceptions import InvalidRequestError
+from ..core.exceptions import InvalidRequestError, PayloadTooLargeError
 
 M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 64
@@ -49,7 +49,11 @@ def _check_values(body: Any) -> None:
 
 def read_json() -> Any:
     """The request's body, parsed and checked (and cached for a second read)."""
-    raw = request.get_data(cache=True)
+    raw = request.get_data(cache=True)  # a declared length over the cap: 413 here
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit and request.content_length is None and len(raw) >= limit:
+        # a chunked body is cut at the cap rather than refused: refuse it here
+        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

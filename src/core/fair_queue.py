@@ -13,7 +13,7 @@ native thread; a native lock guards the bookkeeping only.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, TypeVar
 
 from .concurrency import allocate_native_lock
 from .exceptions import ServiceUnavailableError
@@ -77,6 +77,20 @@ class FairQueue(Generic[T]):
             if len(self._served) > REMEMBERED_CLIENTS:
                 self._served.popitem(last=False)
             return item
+
+    def remove(self, match: Callable[[T], bool]) -> bool:
+        """Take out the first waiting item that matches (a request whose client
+        left); whether there was one."""
+        with self._lock:
+            for client, mine in self._queues.items():
+                for item in mine:
+                    if match(item):
+                        mine.remove(item)
+                        self._size -= 1
+                        if not mine:
+                            del self._queues[client]
+                        return True
+            return False
 
     def drain(self) -> list[T]:
         with self._lock:

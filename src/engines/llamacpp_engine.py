@@ -307,6 +307,8 @@ class LlamaCppEngine(InferenceEngine):
         return got[0]
 
     def abort(self, request_id: str) -> None:
+        if self._pending.remove(lambda waiting: waiting[0].request_id == request_id):
+            return  # it never started: nothing to free
         self._aborts.append(request_id)
         self._wakeup.notify()
 

@@ -115,6 +115,8 @@ class MLXEngine(HFText, InferenceEngine):
         return stream
 
     def abort(self, request_id: str) -> None:
+        if self._pending.remove(lambda waiting: waiting[0].request_id == request_id):
+            return  # it never started
         self._aborted.add(request_id)
         self._wakeup.notify()
 
