@@ -33,8 +33,8 @@ class Caller:
 
     client: str
     trace: RequestTrace
-    gone: Callable[[], bool] = lambda: False
-    reserve: Callable[[int], Settle] = lambda tokens: (lambda used: None)
+    gone: Callable[[], bool]
+    reserve: Callable[[int], Settle]
 
 
 @dataclass

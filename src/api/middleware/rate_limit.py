@@ -21,9 +21,8 @@ from flask import Flask, Response, current_app, g, request
 
 from ...core.exceptions import RateLimitError
 from ...utils.config import Settings
+from ..generation import Settle
 
-Settle = Callable[[int], None]  # called once with the tokens a request really used
-UNBOUNDED_OUTPUT_ESTIMATE = 256  # reserved for a request without max_tokens
 MAX_IDLE_CLIENTS = 10_000  # past this many buckets, full (idle) ones are dropped
 
 
