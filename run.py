@@ -102,21 +102,37 @@ def check_environment(mode: str) -> list[str]:
 
 
 def run_prod(settings) -> None:
+    balanced = settings.inference_mode == "load_balance"
+    if balanced and settings.workers > 1:
+        # the worker owns the cluster: two would start two clusters
+        print("INFERENCE_MODE=load_balance runs one Gunicorn worker (it serves thousands of "
+              "connections); WORKERS is ignored.", file=sys.stderr)
     command = [sys.executable, "-m", "gunicorn",
                "--worker-class", "gevent",
-               "--workers", str(settings.workers),
+               "--workers", "1" if balanced else str(settings.workers),
                "--bind", f"{settings.host}:{settings.port}",
                "--timeout", str(settings.worker_timeout),
-               "--graceful-timeout", "30",
+               # the entry point's in-flight requests finish, then its instances stop
+               "--graceful-timeout", "90" if balanced else "30",
                "--keep-alive", "5",
                "--no-control-socket",
                "--config", str(ROOT / "src" / "api" / "gunicorn_conf.py"),
                "--chdir", str(ROOT),
-               "src.api.app:application"]
+               "src.api.load_balanced_app:application" if balanced
+               else "src.api.app:application"]
     os.execv(sys.executable, command)
 
 
 def run_dev(settings, debug: bool) -> None:
+    if settings.inference_mode == "load_balance":
+        from src.api.load_balanced_app import create_load_balanced_app
+
+        app = create_load_balanced_app(settings)
+        try:
+            app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
+        finally:
+            app.extensions["cluster"].stop()
+        return
     from src.api.app import create_app
 
     app = create_app(settings)
@@ -141,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in problems:
                 print(f"  - {line}", file=sys.stderr)
             return 1
-    print(f"Starting vllm-obtain ({args.mode}) on http://{settings.host}:{settings.port}  "
+    mode = "load-balanced entry point, " if settings.inference_mode == "load_balance" else ""
+    print(f"Starting vllm-obtain ({mode}{args.mode}) on http://{settings.host}:{settings.port}  "
           f"OpenAI API: http://{settings.host}:{settings.port}/v1", file=sys.stderr)
     if args.mode == "prod":
         run_prod(settings)

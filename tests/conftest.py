@@ -55,7 +55,8 @@ class Server:
     def client(self, **kwargs):
         from openai import OpenAI
 
-        return OpenAI(base_url=self.base_url, api_key="test-key", max_retries=0, **kwargs)
+        return OpenAI(base_url=self.base_url, **{"api_key": "test-key", "max_retries": 0,
+                                                 **kwargs})
 
 
 def start_server(tmp_path: Path, env: dict[str, str], mode: str = "prod",

@@ -6,29 +6,22 @@ fork, because native scheduler threads do not survive a fork.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from typing import Any, Optional
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
-from ..core.exceptions import ServiceError
 from ..core.inference_engine import EngineOptions
 from ..core.model_catalog import ModelCatalog
 from ..core.model_manager import ModelManager
 from ..engines.registry import get_engine_class, implemented_engines
 from ..utils.config import Settings, get_settings
-from ..utils.logger import logger, setup_logging
+from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
-from .middleware import access_log, auth, cors, rate_limit, request_id
+from .base_app import new_app
 from .routes import custom_protocol, management, openai_compat, responses, system
 from .system_sampler import start_system_sampler
-
-_HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
-                     405: ("method_not_allowed", "invalid_request_error"),
-                     413: ("payload_too_large", "invalid_request_error")}
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -65,41 +58,10 @@ def model_figures(manager: ModelManager) -> list[dict[str, Any]]:
              **(m.get("runtime") or {})} for m in manager.describe()]
 
 
-def _register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ServiceError)
-    def _service_error(exc: ServiceError):
-        return jsonify(exc.to_dict()), exc.status_code, exc.headers
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code, kind = _HTTP_ERROR_TYPES.get(exc.code or 500, ("http_error", "invalid_request_error"))
-        body = {"error": {"message": exc.description, "type": kind, "param": None, "code": code}}
-        return jsonify(body), exc.code
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        logger.exception("Unhandled error")
-        body = {"error": {"message": "The server had an error while processing your request.",
-                          "type": "server_error", "param": None, "code": "internal_error"}}
-        return jsonify(body), 500
-
-
 def create_app(settings: Optional[Settings] = None,
                manager: Optional[ModelManager] = None) -> Flask:
     settings = settings or get_settings()
-    setup_logging(settings.log_level, settings.logs_path, settings.log_rotation_mb,
-                  settings.log_retention_days)
-    app = Flask(__name__)
-    app.config.update(SETTINGS=settings, STARTED_AT=time.time(), JSON_SORT_KEYS=False)
-    app.json.sort_keys = False
-    app.json.ensure_ascii = False
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    request_id.install(app)
-    auth.install(app, settings)
-    rate_limit.install(app, settings)
-    cors.install(app, settings)
-    access_log.install(app)
-    _register_error_handlers(app)
+    app = new_app(settings, __name__)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(system.bp)

@@ -14,3 +14,11 @@ def when_ready(server):
         server.kill_workers(signal.SIGHUP)
 
     server.handle_hup = forward_hup
+
+
+def worker_exit(server, worker):
+    """Load-balanced mode: the local instances end with the worker that
+    started them (after its own requests have finished)."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    if "cluster" in extensions:
+        extensions["cluster"].stop()

@@ -47,13 +47,19 @@ def _check_values(body: Any) -> None:
                 stack.append((item, depth + 1))
 
 
-def read_json() -> Any:
-    """The request's body, parsed and checked (and cached for a second read)."""
+def read_body() -> bytes:
+    """The request's raw body within MAX_REQUEST_BYTES (cached for a second read)."""
     raw = request.get_data(cache=True)  # a declared length over the cap: 413 here
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if limit and request.content_length is None and len(raw) >= limit:
         # a chunked body is cut at the cap rather than refused: refuse it here
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    return raw
+
+
+def read_json() -> Any:
+    """The request's body, parsed and checked (and cached for a second read)."""
+    raw = read_body()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -275,3 +275,27 @@ class LoadModelRequest(ModelSettings):
     def settings(self) -> ModelSettings:
         return ModelSettings(**self.model_dump(include=self.model_fields_set
                                                & set(ModelSettings.model_fields)))
+
+
+# load-balanced mode: /v1/cluster/* ----------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClusterScaleRequest(_Strict):
+    action: Literal["scale_up", "scale_down"]
+    count: int = Field(1, ge=1, le=64)
+
+
+class ClusterStrategyRequest(_Strict):
+    strategy: Literal["round_robin", "least_connections", "weighted", "random", "response_time"]
+
+
+class ClusterRestartRequest(_Strict):
+    instance_id: str = Field(min_length=1, max_length=64)
+
+
+class ClusterUpstreamRequest(_Strict):
+    url: str = Field(min_length=1, max_length=2048)
+    weight: int = Field(1, ge=1, le=1000)
+    api_key: Optional[str] = Field(None, max_length=4096)

@@ -107,6 +107,14 @@ class ServiceUnavailableError(ServiceError):
     code = "service_unavailable"
 
 
+class BadGatewayError(ServiceError):
+    """Load-balanced mode: the instances tried failed before answering."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "upstream_error"
+
+
 class RequestTimeoutError(ServiceError):
     status_code = 504
     error_type = "server_error"

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +71,25 @@ class Settings(BaseModel):
     max_output_tokens: int = Field(0, ge=0)  # max_tokens cap (and default); 0: the context
     cors_origins: str = ""  # comma-separated origins allowed by browsers, or *; empty: off
 
+    # Run mode. multi_instance is single with MAX_CONCURRENT_MODELS > 1 (one
+    # process, several models); load_balance: one entry point in front of
+    # local instances and remote upstreams (docs/cluster.md)
+    inference_mode: Literal["single", "multi_instance", "load_balance"] = "single"
+    cluster_instances: int = Field(2, ge=0)  # local instances started at launch
+    cluster_base_port: int = Field(0, ge=0, le=65535)  # first instance's port; 0: PORT + 1
+    cluster_upstreams: str = ""  # "http://host-a:8000 weight=2 api_key=..., http://host-b:8000"
+    load_balance_strategy: Literal["round_robin", "least_connections", "weighted", "random",
+                                   "response_time"] = "round_robin"
+    health_check_interval: float = Field(30.0, gt=0)  # seconds between active checks
+    instance_start_timeout: float = Field(300.0, gt=0)  # a local instance must be healthy by then
+    auto_scaling: bool = False
+    min_instances: int = Field(1, ge=0)
+    max_instances: int = Field(4, ge=1)
+    scale_up_queue_depth: float = Field(4.0, gt=0)  # waiting requests per instance
+    scale_up_latency: float = Field(0.0, ge=0)  # seconds of mean response time; 0: off
+    scale_down_after: float = Field(300.0, gt=0)  # seconds without a queue before one goes
+    scale_cooldown: float = Field(60.0, ge=0)  # seconds between two scaling steps
+
     # Logs and metrics
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_dir: Path = Path("./logs")
@@ -87,6 +108,32 @@ class Settings(BaseModel):
     def _upper(cls, value: str) -> str:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("inference_mode", "load_balance_strategy", mode="before")
+    @classmethod
+    def _lower_names(cls, value: str) -> str:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("cluster_upstreams")
+    @classmethod
+    def _upstreams_parse(cls, value: str) -> str:
+        parse_upstreams(value)  # raises ValueError with the faulty entry
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_bounds(self) -> "Settings":
+        if self.inference_mode != "load_balance":
+            return self
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"MIN_INSTANCES ({self.min_instances}) is above MAX_INSTANCES "
+                             f"({self.max_instances})")
+        if not self.min_instances <= self.cluster_instances <= self.max_instances:
+            raise ValueError(f"CLUSTER_INSTANCES ({self.cluster_instances}) must be from "
+                             f"MIN_INSTANCES ({self.min_instances}) to MAX_INSTANCES "
+                             f"({self.max_instances})")
+        if not self.cluster_instances and not self.cluster_upstreams.strip():
+            raise ValueError("load_balance needs CLUSTER_INSTANCES > 0 or CLUSTER_UPSTREAMS")
+        return self
+
     @field_validator("chat_template", "vllm_quantization", "distributed_executor_backend",
                      "api_keys_file", "admin_api_key", mode="before")
     @classmethod
@@ -96,6 +143,14 @@ class Settings(BaseModel):
     def resolve(self, path: Path) -> Path:
         """A configured relative path is relative to the project root."""
         return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    @property
+    def upstreams(self) -> list["UpstreamSpec"]:
+        return parse_upstreams(self.cluster_upstreams)
+
+    @property
+    def first_instance_port(self) -> int:
+        return self.cluster_base_port or self.port + 1
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -112,6 +167,46 @@ class Settings(BaseModel):
     @property
     def logs_path(self) -> Path:
         return self.resolve(self.log_dir)
+
+
+class UpstreamSpec(NamedTuple):
+    """A remote OpenAI-compatible server the load balancer sends requests to."""
+
+    url: str  # base URL without a trailing /v1
+    weight: int
+    api_key: Optional[str]  # sent instead of the client's key; None: the client's key
+
+
+def make_upstream(url: str, weight: int = 1, api_key: Optional[str] = None) -> UpstreamSpec:
+    """An upstream from its URL (a trailing /v1 is dropped: paths are added
+    whole), or ValueError saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"upstream {url!r} is not an http:// or https:// URL")
+    if weight < 1:
+        raise ValueError(f"upstream {url!r}: weight must be 1 or more")
+    base = url.rstrip("/")
+    return UpstreamSpec(base[:-3] if base.endswith("/v1") else base, weight, api_key or None)
+
+
+def parse_upstreams(text: str) -> list[UpstreamSpec]:
+    """CLUSTER_UPSTREAMS: comma-separated entries, each a URL followed by
+    optional `weight=N` and `api_key=KEY` words."""
+    specs = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        url, *options = entry.split()
+        weight, api_key = 1, None
+        for option in options:
+            name, _, value = option.partition("=")
+            if name == "weight" and value.isdigit():
+                weight = int(value)
+            elif name == "api_key" and value:
+                api_key = value
+            else:
+                raise ValueError(f"upstream {url!r}: unknown option {option!r} "
+                                 f"(weight=N with N >= 1, api_key=KEY)")
+        specs.append(make_upstream(url, weight, api_key))
+    return specs
 
 
 class ConfigError(ValueError):
@@ -132,7 +227,7 @@ def load_settings(env_file: Optional[Path] = None) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{str(err['loc'][0]).upper()}={data.get(str(err['loc'][0]))!r}: {err['msg']}"
-            for err in exc.errors()
+            if err["loc"] else err["msg"] for err in exc.errors()
         )
         raise ConfigError(f"Invalid configuration: {problems}") from None
 

@@ -5,6 +5,7 @@ Files (one JSON object a line, rotated by size, kept LOG_RETENTION_DAYS):
   api_requests.log      one line a request (channel "request")
   model_operations.log  loads, unloads, evictions (channel "model")
   system_metrics.log    a system sample every METRICS_INTERVAL s (channel "metrics")
+  cluster.log           instances started, stopped, taken out, back (channel "cluster")
   errors.log            ERROR and above
 Every line carries the request id of the request it belongs to ("-" outside
 a request), given by the provider the API layer installs.
@@ -22,9 +23,9 @@ from typing import Any, Callable, Optional
 from loguru import logger
 
 LOG_FILES = ("app.log", "api_requests.log", "model_operations.log", "system_metrics.log",
-             "errors.log")
+             "cluster.log", "errors.log")
 _CHANNEL_FILES = {"request": "api_requests.log", "model": "model_operations.log",
-                  "metrics": "system_metrics.log"}
+                  "metrics": "system_metrics.log", "cluster": "cluster.log"}
 _configured = False
 _request_id_provider: Callable[[], Optional[str]] = lambda: None  # noqa: E731
 _log_dir: Optional[Path] = None

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "vllm_obtain"
@@ -53,6 +53,42 @@ class _ModelCollector(Collector):
             if m.get("load_seconds") is not None:
                 load.add_metric([m["id"]], m["load_seconds"])
         return [state, running, waiting, load, rate]
+
+
+class _InstanceCollector(Collector):
+    """Load-balanced mode: the figures of each instance behind the entry point,
+    from `snapshot()` (ClusterManager instances' describe())."""
+
+    def __init__(self, snapshot: Snapshot):
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Any]:
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_instance_{name}", text, labels=["instance"])
+
+        def counter(name: str, text: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_instance_{name}", text, labels=["instance"])
+
+        healthy = gauge("healthy", "1 while the instance takes requests")
+        active = gauge("active_connections", "Requests at the instance now")
+        latency = gauge("response_seconds", "Moving average of the time to first byte")
+        cpu = gauge("cpu_percent", "CPU use of a local instance's processes")
+        memory = gauge("memory_bytes", "Resident memory of a local instance's processes")
+        requests = counter("requests", "Requests sent to the instance")
+        failures = counter("failures", "Failed requests and health checks")
+        restarts = counter("restarts", "Times a local instance was started again")
+        for inst in self._snapshot():
+            label = [inst["id"]]
+            healthy.add_metric(label, 1.0 if inst["healthy"] else 0.0)
+            active.add_metric(label, inst["active_connections"])
+            if inst["avg_response_time"] is not None:
+                latency.add_metric(label, inst["avg_response_time"])
+            cpu.add_metric(label, inst["cpu_percent"])
+            memory.add_metric(label, inst["memory_mb"] * 2 ** 20)
+            requests.add_metric(label, inst["requests"])
+            failures.add_metric(label, inst["failures"])
+            restarts.add_metric(label, inst["restarts"])
+        return [healthy, active, latency, cpu, memory, requests, failures, restarts]
 
 
 class ServiceMetrics:
@@ -96,6 +132,10 @@ class ServiceMetrics:
             self.ttft.labels(model).observe(ttft)
             if completion_tokens > 1:
                 self.tpot.labels(model).observe((latency - ttft) / (completion_tokens - 1))
+
+    def add_instances(self, snapshot: Snapshot) -> None:
+        """Load-balanced mode: per-instance figures in /metrics too."""
+        self.registry.register(_InstanceCollector(snapshot))
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)

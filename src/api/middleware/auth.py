@@ -90,6 +90,22 @@ class KeyRing:
         return "admin" if admin else "user" if user else None
 
 
+def service_key(settings: Settings) -> Optional[str]:
+    """A key this service's own instances accept (load-balanced mode: health
+    checks and replayed loads): the admin key, else the first user key."""
+    if settings.admin_api_key:
+        return settings.admin_api_key
+    keys = [k.strip() for k in settings.api_keys.split(",") if k.strip()]
+    if not keys and settings.api_keys_file:
+        try:
+            lines = settings.resolve(settings.api_keys_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        keys = [ln.strip() for ln in lines.splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    return keys[0] if keys else None
+
+
 def presented_key() -> str:
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")

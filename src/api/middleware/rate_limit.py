@@ -152,8 +152,10 @@ def token_reservation() -> Callable[[int], Settle]:
     return lambda tokens: limiter.reserve_tokens(client, tokens)
 
 
-def install(app: Flask, settings: Settings) -> Optional[RateLimiter]:
-    limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+def install(app: Flask, settings: Settings, count_tokens: bool = True) -> Optional[RateLimiter]:
+    """`count_tokens=False`: requests only (the load-balanced entry point
+    counts requests; the instances behind it, which see the tokens, count those)."""
+    limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm if count_tokens else 0)
     app.extensions["rate_limiter"] = limiter
     if not (limiter.rpm or limiter.tpm):
         return limiter

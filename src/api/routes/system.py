@@ -39,7 +39,7 @@ def system_status():
         "platform": platform["info"], "engine": platform["choice"],
         "default_model": _manager().default_model_id,
         "models": _manager().describe(),
-        "security": _security(settings),
+        "security": security_summary(settings),
         "limits": {"max_concurrent_models": settings.max_concurrent_models,
                    "max_batch_size": settings.max_batch_size,
                    "context_size": settings.context_size,
@@ -50,7 +50,7 @@ def system_status():
     })
 
 
-def _security(settings: Any) -> dict[str, Any]:
+def security_summary(settings: Any) -> dict[str, Any]:
     keys = current_app.extensions["keys"]
     return {"api_keys": keys.users_need_keys, "admin_key": keys.has_admin_key,
             "rate_limit_rpm": settings.rate_limit_rpm, "rate_limit_tpm": settings.rate_limit_tpm,

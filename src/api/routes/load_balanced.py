@@ -1,0 +1,193 @@
+"""The load-balanced entry point's routes.
+
+Requests go to one instance chosen by the balancer (upstream_proxy); what
+concerns every instance is answered from all of them: `/v1/models` merges
+their lists, and loading or unloading a model goes to every local instance
+(remote upstreams are someone else's servers: they are never managed from
+here). The entry point answers its own `/health`, status, metrics and logs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from ... import __version__
+from ...core.exceptions import BadGatewayError, ModelNotFoundError, ServiceUnavailableError
+from ...core.load_balancer import LoadBalancer
+from ...utils.cluster_manager import ClusterManager, Instance
+from ...utils.metrics import ServiceMetrics, system_figures
+from ..middleware.auth import admin_only
+from ..request_parsing import read_body
+from ..upstream_proxy import Answer, Outgoing, call_each, forward, model_of
+from . import system
+
+bp = Blueprint("load_balanced", __name__)
+
+# routes that one instance answers, named after the single service's endpoints
+RELAYED = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
+           "/completions": "completions_legacy", "/v1/embeddings": "embeddings",
+           "/embeddings": "embeddings_legacy", "/v1/responses": "create_response",
+           "/responses": "create_response_legacy", "/tokenize": "tokenize",
+           "/detokenize": "detokenize", "/generate": "generate"}
+STATE_RANK = {"ready": 0, "loading": 1, "unloading": 2, "unloaded": 3, "error": 4}
+
+
+def _cluster() -> ClusterManager:
+    return current_app.extensions["cluster"]
+
+
+def _balancer() -> LoadBalancer:
+    return current_app.extensions["balancer"]
+
+
+def _read_timeout() -> float:
+    # the instance ends a request at REQUEST_TIMEOUT itself; streams send keep-alives
+    return current_app.config["SETTINGS"].request_timeout + 30
+
+
+def relay(**path_args: Any):
+    """Sent to one instance, which answers as the single service would."""
+    body = read_body() if request.method in ("POST", "PUT", "PATCH") else b""
+    model = path_args.get("model_id") or model_of(body)
+    query = request.query_string.decode("latin-1")
+    out = Outgoing(request.method, request.path + (f"?{query}" if query else ""), body,
+                   dict(request.headers), model, _read_timeout())
+    return forward(_balancer(), out, dict(request.headers), g.request_id, request.remote_addr,
+                   request.environ)
+
+
+for _path, _name in RELAYED.items():
+    bp.add_url_rule(_path, endpoint=_name, view_func=relay, methods=["POST"])
+bp.add_url_rule("/v1/models/<path:model_id>/status", endpoint="model_status", view_func=relay)
+bp.add_url_rule("/<path:path>", endpoint="other", view_func=relay,
+                methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+
+
+def _each(instances: list[Instance], method: str, path: str, body: bytes = b"",
+          timeout: float = 30.0) -> dict[str, Answer]:
+    return call_each(instances, method, path, body, dict(request.headers), g.request_id,
+                     request.remote_addr, timeout)
+
+
+def _merged_models() -> list[dict[str, Any]]:
+    instances = [i for i in _cluster().instances() if i.routable]
+    if not instances:
+        raise ServiceUnavailableError("No healthy instance to list the models of.",
+                                      headers={"Retry-After": "5"})
+    answers = _each(instances, "GET", "/v1/models")
+    by_id = {i.id: i for i in instances}
+    merged: dict[str, dict[str, Any]] = {}
+    for inst_id, answer in answers.items():
+        if answer.status != 200 or not isinstance(answer.body, dict):
+            continue
+        models = [m for m in answer.body.get("data") or [] if isinstance(m, dict) and "id" in m]
+        by_id[inst_id].models = {m["id"]: m.get("state", "ready") for m in models}
+        for model in models:
+            entry = merged.setdefault(model["id"], {**model, "instances": []})
+            entry["instances"].append(inst_id)
+            if STATE_RANK.get(model.get("state", "ready"), 5) < \
+                    STATE_RANK.get(entry.get("state", "ready"), 5):
+                entry["state"] = model["state"]
+    if all(a.status != 200 for a in answers.values()):
+        first = next(iter(answers.values()))
+        raise BadGatewayError(f"No instance answered its model list "
+                              f"({first.error or f'status {first.status}'}).")
+    return list(merged.values())
+
+
+@bp.get("/v1/models")
+def list_models():
+    """Every model any healthy instance serves; `instances` says which."""
+    return jsonify({"object": "list", "data": _merged_models()})
+
+
+@bp.get("/v1/models/<path:model_id>")
+def get_model(model_id: str):
+    for model in _merged_models():
+        if model["id"] == model_id:
+            return jsonify(model)
+    raise ModelNotFoundError(model_id)
+
+
+def _manage(path: str, model: str, remember: bool):
+    """Load or unload on every healthy local instance; the answer of the first
+    that failed (else of the first), with each instance's status."""
+    cluster = _cluster()
+    instances = [i for i in cluster.locals() if i.routable]
+    if not instances:
+        raise ServiceUnavailableError("No healthy local instance to manage models on.",
+                                      headers={"Retry-After": "5"})
+    body = read_body() if request.method == "POST" else b""
+    answers = _each(instances, request.method, path, body, timeout=_read_timeout())
+    statuses = {i: a.status if a.status is not None else 502 for i, a in answers.items()}
+    failed = [i for i, s in statuses.items() if not 200 <= s < 300]
+    chosen = answers[failed[0] if failed else next(iter(answers))]
+    result = chosen.body if isinstance(chosen.body, dict) else \
+        BadGatewayError(chosen.error or "The instance gave no answer.").to_dict()
+    result["instances"] = statuses
+    if not failed:
+        if remember:
+            cluster.remember_load(model, body)
+        else:
+            cluster.forget_load(model)
+    cluster.check_soon()  # their model lists changed
+    status = statuses[failed[0]] if failed else max(statuses.values())
+    return jsonify(result), status
+
+
+@bp.post("/v1/models/load")
+@admin_only
+def load_model():
+    """Load a model on every local instance (and on those started later)."""
+    body = request.get_json(silent=True)
+    name = body.get("model_name") if isinstance(body, dict) else None
+    return _manage("/v1/models/load", str(name or ""), True)
+
+
+@bp.delete("/v1/models/<path:model_id>/unload")
+@admin_only
+def unload_model(model_id: str):
+    return _manage(request.full_path.rstrip("?"), model_id, False)
+
+
+@bp.delete("/v1/models/<path:model_id>")
+@admin_only
+def delete_model(model_id: str):
+    return _manage(request.full_path.rstrip("?"), model_id, False)
+
+
+@bp.get("/health")
+def health():
+    """200 while at least one instance takes requests."""
+    instances = _cluster().instances()
+    healthy = [i for i in instances if i.routable]
+    ready = sorted({m for i in healthy for m, state in i.models.items() if state == "ready"})
+    body = {"status": "healthy" if healthy else "unavailable", "mode": "load_balance",
+            "healthy_instances": len(healthy), "total_instances": len(instances),
+            "models_ready": ready}
+    return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/v1/system/status")
+def system_status():
+    settings = current_app.config["SETTINGS"]
+    return jsonify({"status": "ok", "version": __version__, "mode": "load_balance",
+                    "uptime_seconds": round(time.time() - current_app.config["STARTED_AT"], 1),
+                    "cluster": _cluster().status(_balancer().strategy),
+                    "security": system.security_summary(settings)})
+
+
+@bp.get("/v1/system/metrics")
+def system_metrics():
+    metrics: ServiceMetrics = current_app.extensions["metrics"]
+    return jsonify({"timestamp": time.time(), "system": system_figures(),
+                    "balancer": {"uptime_seconds": round(time.time() - metrics.started, 1),
+                                 "strategy": _balancer().strategy},
+                    "instances": [i.describe() for i in _cluster().instances()]})
+
+
+bp.add_url_rule("/metrics", endpoint="prometheus_metrics", view_func=system.prometheus_metrics)
+bp.add_url_rule("/openapi.json", endpoint="openapi_document", view_func=system.openapi_document)
+bp.add_url_rule("/v1/logs/recent", endpoint="logs_recent", view_func=system.logs_recent)

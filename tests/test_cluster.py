@@ -1,0 +1,370 @@
+"""Load-balanced mode, end to end: a real entry point (Gunicorn + gevent)
+starting real instances of this service on loopback, with the tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import free_port, start_server, stop_server
+
+ADMIN = "lb-admin-key"
+USER = "lb-user-key"
+CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(200):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free port range")
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def cluster_env(model_dir: Path, **extra: str) -> dict[str, str]:
+    return {"INFERENCE_MODE": "load_balance", "CLUSTER_BASE_PORT": str(free_ports(4)),
+            "DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(model_dir),
+            "CONTEXT_SIZE": "512", "MAX_CONCURRENT_MODELS": "2", "METRICS_INTERVAL": "0",
+            **extra}
+
+
+def status(server, key: str = ADMIN) -> dict[str, Any]:
+    resp = requests.get(f"{server.url}/v1/cluster/status",
+                        headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def healthy(server, *ids: str) -> bool:
+    instances = status(server)["instances"]
+    return all(i in instances and instances[i]["healthy"] for i in ids)
+
+
+def post(server, path: str, body: dict, key: str = ADMIN, **kwargs) -> requests.Response:
+    return requests.post(f"{server.url}{path}", json=body,
+                         headers={"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})},
+                         timeout=60, **kwargs)
+
+
+def served_by(server, count: int, key: str = USER) -> list[str]:
+    """Which instance answered each of `count` chat requests sent one after another."""
+    out = []
+    for _ in range(count):
+        resp = post(server, "/v1/chat/completions", CHAT, key)
+        assert resp.status_code == 200, resp.text
+        out.append(resp.headers["X-Instance"])
+    return out
+
+
+def instance_pids(pid: int) -> set[int]:
+    try:
+        root = psutil.Process(pid)
+        return {root.pid, *(c.pid for c in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, model_dir, tiny_model, dead_port):
+    """Two local instances, keys, and one configured upstream that never answers."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    server = start_server(tmp, cluster_env(
+        model_dir, CLUSTER_INSTANCES="2", MAX_INSTANCES="3", HEALTH_CHECK_INTERVAL="10",
+        API_KEYS=USER, ADMIN_API_KEY=ADMIN,
+        CLUSTER_UPSTREAMS=f"http://127.0.0.1:{dead_port}/v1 weight=5"))
+    server.tmp = tmp
+    wait_for(lambda: healthy(server, "instance_0", "instance_1"), 60, "both instances healthy")
+    yield server
+    pids = set()
+    for inst in status(server)["instances"].values():
+        if inst["pid"]:
+            pids |= instance_pids(inst["pid"])
+    stop_server(server)
+    # graceful shutdown stops every instance with the entry point
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                             for p in pids), 40, "instances gone after the entry point stopped")
+
+
+def test_the_openai_sdk_is_served_through_the_entry_point(cluster):
+    client = cluster.client(api_key=USER)
+    reply = client.chat.completions.create(**CHAT)
+    assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens
+    chunks = list(client.chat.completions.create(**CHAT, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    models = client.models.list().data
+    tiny = next(m for m in models if m.id == "tiny-chat")
+    assert sorted(tiny.model_extra["instances"]) == ["instance_0", "instance_1"]
+    assert client.models.retrieve("tiny-chat").id == "tiny-chat"
+    embedding = client.embeddings.create(model="tiny-chat", input="hello")
+    assert len(embedding.data[0].embedding) > 0
+
+
+def test_request_id_is_carried_to_the_instance(cluster):
+    resp = post(cluster, "/v1/chat/completions", CHAT, USER,
+                headers={"X-Request-ID": "lb-trace-0001"})
+    assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "lb-trace-0001"
+    log = cluster.tmp / "logs" / resp.headers["X-Instance"] / "api_requests.log"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["request_id"] == "lb-trace-0001" and e["status"] == 200 for e in lines)
+
+
+def test_keys_are_checked_and_cluster_routes_need_the_admin_key(cluster):
+    assert post(cluster, "/v1/chat/completions", CHAT, "wrong").status_code == 401
+    assert requests.post(f"{cluster.url}/v1/chat/completions", json=CHAT).status_code == 401
+    denied = requests.get(f"{cluster.url}/v1/cluster/status",
+                          headers={"Authorization": f"Bearer {USER}"})
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "permission_denied"
+    for path, body in (("/v1/cluster/scale", {"action": "scale_up"}),
+                       ("/v1/cluster/strategy", {"strategy": "random"}),
+                       ("/v1/cluster/restart", {"instance_id": "instance_0"})):
+        assert post(cluster, path, body, USER).status_code == 403
+    assert requests.get(f"{cluster.url}/health").status_code == 200  # open, like the instances'
+
+
+def test_status_reports_every_instance(cluster, dead_port):
+    body = status(cluster)
+    assert body["is_running"] and body["total_instances"] == 3
+    assert body["running_instances"] == 2 and body["load_balancer_strategy"] == "round_robin"
+    local = body["instances"]["instance_0"]
+    assert local["kind"] == "local" and local["pid"] and local["port"]
+    assert local["memory_mb"] > 10 and "cpu_percent" in local and local["weight"] == 1
+    assert "tiny-chat" in local["models"]
+    dead = body["instances"]["upstream_0"]
+    assert dead["kind"] == "remote" and not dead["healthy"] and dead["pid"] is None
+    assert dead["url"] == f"http://127.0.0.1:{dead_port}" and dead["weight"] == 5
+    metrics = requests.get(f"{cluster.url}/metrics", headers={"Authorization": f"Bearer {USER}"})
+    assert 'vllm_obtain_instance_healthy{instance="instance_0"} 1.0' in metrics.text
+    assert 'vllm_obtain_instance_healthy{instance="upstream_0"} 0.0' in metrics.text
+
+
+def test_round_robin_alternates_and_skips_the_dead_upstream(cluster):
+    order = served_by(cluster, 40)
+    assert Counter(order) == {"instance_0": 20, "instance_1": 20}
+    assert all(a != b for a, b in zip(order, order[1:]))
+
+
+def test_strategies_distribute_as_they_promise(cluster):
+    def use(strategy: str) -> None:
+        resp = post(cluster, "/v1/cluster/strategy", {"strategy": strategy})
+        assert resp.status_code == 200 and resp.json()["strategy"] == strategy
+
+    try:
+        use("weighted")  # equal weights: an even share
+        assert Counter(served_by(cluster, 40)) == {"instance_0": 20, "instance_1": 20}
+        use("random")
+        counts = Counter(served_by(cluster, 40))
+        assert set(counts) == {"instance_0", "instance_1"} and sum(counts.values()) == 40
+        use("response_time")  # each request to the lowest moving average of the time
+        for _ in range(10):
+            figures = status(cluster)["instances"]
+            times = {i: figures[i]["avg_response_time"] for i in ("instance_0", "instance_1")}
+            assert served_by(cluster, 1)[0] == min(times, key=times.get)
+        use("least_connections")  # one instance busy with a long stream: the other serves
+        long = dict(CHAT, max_tokens=400, stream=True, ignore_eos=True,
+                    model="SmolLM2-135M-Instruct")
+        with post(cluster, "/v1/chat/completions", long, USER, stream=True) as busy:
+            busy_at = busy.headers["X-Instance"]
+            lines = busy.iter_lines()
+            next(lines)
+            others = served_by(cluster, 8)
+            assert busy_at not in others and len(set(others)) == 1
+        bad = post(cluster, "/v1/cluster/strategy", {"strategy": "fastest"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "strategy"
+    finally:
+        use("round_robin")
+
+
+def test_killing_an_instance_under_load_loses_no_request(cluster):
+    victim = status(cluster)["instances"]["instance_0"]
+    body = dict(CHAT, max_tokens=48, ignore_eos=True)
+    results: list[int] = []
+    killed_at: list[float] = []
+
+    def one(i: int) -> int:
+        if i == 10:
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed_at.append(time.monotonic())
+        return post(cluster, "/v1/chat/completions", body, USER).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(30)))
+    assert results == [200] * 30  # none lost
+    back = wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != victim["pid"] and i)(
+        status(cluster)["instances"]["instance_0"]), 10, "instance_0 back within the interval")
+    print(f"\ninstance_0 back {time.monotonic() - killed_at[0]:.1f} s after SIGKILL "
+          f"(restarts {back['restarts']})")
+    assert back["restarts"] >= 1 and back["failures"] >= 1
+
+
+def test_a_stream_cut_by_a_dying_instance_ends_with_an_error_event(cluster):
+    long = dict(CHAT, max_tokens=400, stream=True, ignore_eos=True,
+                model="SmolLM2-135M-Instruct")
+    with post(cluster, "/v1/chat/completions", long, USER, stream=True) as resp:
+        assert resp.status_code == 200
+        name = resp.headers["X-Instance"]
+        lines = resp.iter_lines()
+        first = next(line for line in lines if line)
+        assert json.loads(first[6:])["object"] == "chat.completion.chunk"
+        os.kill(status(cluster)["instances"][name]["pid"], signal.SIGKILL)
+        rest = [line.decode() for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2][6:])["error"]
+    assert error["type"] == "server_error" and error["code"] == "upstream_error"
+    wait_for(lambda: healthy(cluster, name), 30, f"{name} restarted")
+
+
+def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster):
+    long = dict(CHAT, max_tokens=400, stream=True, ignore_eos=True,
+                model="SmolLM2-135M-Instruct")
+    resp = post(cluster, "/v1/chat/completions", long, USER, stream=True)
+    instance = status(cluster)["instances"][resp.headers["X-Instance"]]
+    next(line for line in resp.iter_lines() if line)
+    resp.close()
+
+    def running() -> int:
+        figures = requests.get(f"{instance['url']}/v1/system/metrics",
+                               headers={"Authorization": f"Bearer {USER}"}, timeout=5).json()
+        return figures["inference"]["requests_running"]
+
+    wait_for(lambda: running() == 0, 10, "the instance stopped generating")
+    wait_for(lambda: status(cluster)["instances"][instance["id"]]["active_connections"] == 0,
+             5, "the entry point released the instance")
+
+
+def test_scaling_up_and_down(cluster):
+    resp = post(cluster, "/v1/cluster/scale", {"action": "scale_up", "count": 1})
+    assert resp.status_code == 200 and resp.json()["target_instances"] == 3
+    wait_for(lambda: healthy(cluster, "instance_2"), 60, "instance_2 healthy")
+    assert set(served_by(cluster, 6)) == {"instance_0", "instance_1", "instance_2"}
+    too_many = post(cluster, "/v1/cluster/scale", {"action": "scale_up", "count": 1})
+    assert too_many.status_code == 400 and "MAX_INSTANCES" in too_many.json()["error"]["message"]
+    pid = status(cluster)["instances"]["instance_2"]["pid"]
+    resp = post(cluster, "/v1/cluster/scale", {"action": "scale_down", "count": 1})
+    assert resp.status_code == 200 and resp.json()["target_instances"] == 2
+    wait_for(lambda: "instance_2" not in status(cluster)["instances"], 40, "instance_2 removed")
+    wait_for(lambda: not instance_pids(pid), 10, "instance_2's processes gone")
+    assert set(served_by(cluster, 4)) == {"instance_0", "instance_1"}
+    too_few = post(cluster, "/v1/cluster/scale", {"action": "scale_down", "count": 2})
+    assert too_few.status_code == 400 and "MIN_INSTANCES" in too_few.json()["error"]["message"]
+
+
+def test_restarting_an_instance(cluster):
+    before = status(cluster)["instances"]["instance_1"]
+    resp = post(cluster, "/v1/cluster/restart", {"instance_id": "instance_1"})
+    assert resp.status_code == 200
+    wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != before["pid"])(
+        status(cluster)["instances"]["instance_1"]), 40, "instance_1 restarted")
+    assert post(cluster, "/v1/cluster/restart", {"instance_id": "nope"}).status_code == 404
+    remote = post(cluster, "/v1/cluster/restart", {"instance_id": "upstream_0"})
+    assert remote.status_code == 400 and "never restarted" in remote.json()["error"]["message"]
+
+
+def test_models_loaded_through_the_entry_point_reach_every_instance(cluster, model_dir):
+    resp = post(cluster, "/v1/models/load", {"model_name": "tiny-base"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["instances"] == {"instance_0": 200, "instance_1": 200}
+    models = requests.get(f"{cluster.url}/v1/models",
+                          headers={"Authorization": f"Bearer {USER}"}).json()["data"]
+    base = next(m for m in models if m["id"] == "tiny-base")
+    assert base["state"] == "ready" and sorted(base["instances"]) == ["instance_0", "instance_1"]
+    user = post(cluster, "/v1/models/load", {"model_name": "tiny-base"}, USER)
+    assert user.status_code == 403
+    gone = requests.delete(f"{cluster.url}/v1/models/tiny-base/unload",
+                           headers={"Authorization": f"Bearer {ADMIN}"})
+    assert gone.status_code == 200 and set(gone.json()["instances"].values()) == {200}
+
+
+def test_a_remote_upstream_joins_takes_its_weight_and_leaves(cluster, tmp_path, model_dir):
+    remote = start_server(tmp_path, {"DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH":
+                                     str(model_dir), "CONTEXT_SIZE": "512", "API_KEYS": "remote-key"})
+    try:
+        resp = post(cluster, "/v1/cluster/upstreams",
+                    {"url": f"{remote.url}/v1", "weight": 3, "api_key": "remote-key"})
+        assert resp.status_code == 201
+        joined = resp.json()["id"]
+        wait_for(lambda: healthy(cluster, joined), 30, "the upstream joins")
+        post(cluster, "/v1/cluster/strategy", {"strategy": "weighted"})
+        counts = Counter(served_by(cluster, 40))
+        assert counts == {joined: 24, "instance_0": 8, "instance_1": 8}
+    finally:
+        post(cluster, "/v1/cluster/strategy", {"strategy": "round_robin"})
+        stop_server(remote)
+    # gone without notice: skipped, and nothing is lost
+    assert set(served_by(cluster, 6)) <= {"instance_0", "instance_1"}
+    assert not status(cluster)["instances"][joined]["healthy"]
+    left = requests.delete(f"{cluster.url}/v1/cluster/upstreams/{joined}",
+                           headers={"Authorization": f"Bearer {ADMIN}"})
+    assert left.status_code == 200 and joined not in status(cluster)["instances"]
+    bad = post(cluster, "/v1/cluster/upstreams", {"url": "ftp://somewhere"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "url"
+
+
+def test_auto_scaling_follows_the_queue(tmp_path, model_dir, tiny_model):
+    server = start_server(tmp_path, cluster_env(
+        model_dir, CLUSTER_INSTANCES="1", MIN_INSTANCES="1", MAX_INSTANCES="2",
+        AUTO_SCALING="true", SCALE_UP_QUEUE_DEPTH="1", SCALE_COOLDOWN="0",
+        SCALE_DOWN_AFTER="2", MAX_BATCH_SIZE="1", HEALTH_CHECK_INTERVAL="5"))
+    try:
+        wait_for(lambda: healthy(server, "instance_0"), 60, "instance_0 healthy")
+        body = dict(CHAT, max_tokens=300, ignore_eos=True, model="SmolLM2-135M-Instruct")
+        stop = threading.Event()
+
+        def flood() -> None:
+            while not stop.is_set():
+                requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+
+        threads = [threading.Thread(target=flood) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: status(server)["target_local_instances"] == 2, 60, "scaled up")
+            wait_for(lambda: healthy(server, "instance_1"), 60, "instance_1 healthy")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        wait_for(lambda: status(server)["target_local_instances"] == 1, 60, "scaled down")
+        wait_for(lambda: "instance_1" not in status(server)["instances"], 60, "instance_1 gone")
+    finally:
+        stop_server(server)
