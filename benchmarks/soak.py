@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,37 +33,17 @@ from pathlib import Path
 import psutil
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from launch import launch
 PROMPTS = ["Tell me a short story about a fox.", "What is the capital of France?",
            "Write a haiku about the sea.", "List three fruits.", "Explain rain to a child."]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(args: argparse.Namespace, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_DIR": str(log_dir),
-           "DEFAULT_MODEL": args.model, "MAX_CONCURRENT_REQUESTS": str(args.queue),
-           "MAX_BATCH_SIZE": str(args.batch), "RATE_LIMIT_RPM": str(args.rpm),
-           "METRICS_INTERVAL": "0"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--mode", "prod"], cwd=ROOT,
-                            env=env, stdout=open(log_dir / "server.out", "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise SystemExit(f"the server did not start; see {log_dir / 'server.out'}")
+    env = {"LOG_DIR": str(log_dir), "DEFAULT_MODEL": args.model,
+           "MAX_CONCURRENT_REQUESTS": str(args.queue), "MAX_BATCH_SIZE": str(args.batch),
+           "RATE_LIMIT_RPM": str(args.rpm), "METRICS_INTERVAL": "0"}
+    return launch(env, log_dir / "server.out",
+                  lambda url: requests.get(f"{url}/health", timeout=2).status_code == 200)
 
 
 def server_rss(pid: int) -> int:

@@ -12,7 +12,8 @@ process handling in one thread, which Linux's parent-death signal needs (a
 child is told when the thread that started it ends). Health checks run
 beside it, one at a time per instance:
   starting  -> healthy     the first check that passes
-  healthy   -> unhealthy   3 failed checks in a row, or at once on a failed
+  healthy   -> unhealthy   3 failed checks in a row (after a failed check the
+                           next comes within 2 s), or at once on a failed
                            request (the balancer reports it)
   unhealthy -> healthy     a check that passes
   unhealthy -> (restart)   local: 3 failed checks in a row, or a dead process
@@ -123,7 +124,7 @@ class Instance:
                 "is_running": self.alive if self.local else self.state == "healthy",
                 "healthy": self.state == "healthy", "active_connections": self.active,
                 "requests": self.requests, "failures": self.failures,
-                "avg_response_time": round(self.ewma_latency, 4)
+                "avg_response_time": round(self.ewma_latency, 6)
                 if self.ewma_latency is not None else None,
                 "cpu_percent": cpu, "memory_mb": memory, "restarts": self.restarts,
                 "models": sorted(self.models), "last_error": self.last_error}
@@ -444,8 +445,7 @@ class ClusterManager:
                 if inst.state != "unhealthy":
                     cluster_log.warning("{} unhealthy: {}", inst.id, error)
                 inst.state = "unhealthy"
-            inst.next_check = now + (recheck if inst.state == "unhealthy"
-                                     else self.settings.health_check_interval)
+            inst.next_check = now + recheck  # a failing instance is looked at again soon
 
     def _probe(self, inst: Instance) -> Optional[str]:
         """None when the instance serves, else what is wrong. A local instance
