@@ -28,7 +28,7 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check
 VLLM_ON_CPU := $(shell [ "$(UNAME_S)-$(UNAME_M)" = "Linux-x86_64" ] && echo yes)
 
-.PHONY: run dev test test-vllm install install-dev install-vllm platform clean
+.PHONY: run dev test test-vllm install install-dev install-vllm install-browser platform clean
 
 run: install
 	$(PY) run.py --mode prod
@@ -36,7 +36,7 @@ run: install
 dev: install
 	$(PY) run.py --mode dev
 
-test: install-dev
+test: install-dev install-browser
 	$(PY) -m pytest
 	$(MAKE) test-vllm
 
@@ -50,6 +50,14 @@ else
 endif
 
 install: $(VENV)/.installed
+# Debian's Chromium for the web console's browser tests (tests/test_console.py; Playwright
+# drives it, no browser is downloaded; a CJK font for readable screenshots). Where it cannot be
+# installed, those tests are skipped.
+install-browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium fonts-wqy-microhei >/dev/null; } \
+	  || echo "Chromium is not installed and cannot be here: the console's browser tests will be skipped."
 install-dev: $(VENV)/.installed-dev
 install-vllm: $(VLLM_VENV)/.installed
 

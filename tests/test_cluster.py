@@ -160,6 +160,11 @@ def test_keys_are_checked_and_cluster_routes_need_the_admin_key(cluster):
                        ("/v1/cluster/restart", {"instance_id": "instance_0"})):
         assert post(cluster, path, body, USER).status_code == 403
     assert requests.get(f"{cluster.url}/health").status_code == 200  # open, like the instances'
+    doc = requests.get(f"{cluster.url}/openapi.json",
+                       headers={"Authorization": f"Bearer {USER}"}).json()
+    scale = doc["paths"]["/v1/cluster/scale"]["post"]
+    assert scale["x-admin-only"] and "requestBody" in scale
+    assert "requestBody" in doc["paths"]["/v1/chat/completions"]["post"]
 
 
 def test_status_reports_every_instance(cluster, dead_port):

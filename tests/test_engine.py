@@ -257,3 +257,16 @@ def test_logprobs_are_the_models_distribution(engine):
         assert e["top"][0]["token_id"] == e["token_id"]
         assert e["top"][0]["logprob"] >= e["top"][1]["logprob"] >= e["top"][2]["logprob"]
         assert e["bytes"] == list(e["token"].encode()) or "\ufffd" in e["token"]
+
+
+def test_load_reports_its_progress(tiny_model):
+    eng = LlamaCppEngine("tiny-progress", EngineOptions(context_size=256, threads=1))
+    seen: list[tuple[float, str]] = []
+    eng.report_progress = lambda fraction, stage: seen.append((fraction, stage))
+    eng.load(str(tiny_model))
+    try:
+        reading = [f for f, stage in seen if stage == "reading weights"]
+        assert reading and reading == sorted(reading) and reading[-1] <= 0.9
+        assert ("allocating the context" in {s for _, s in seen}) and seen[-1] == (1.0, "ready")
+    finally:
+        eng.unload()

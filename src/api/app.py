@@ -20,7 +20,7 @@ from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
 from .base_app import new_app
-from .routes import custom_protocol, management, openai_compat, responses, system
+from .routes import console, custom_protocol, management, openai_compat, responses, system
 from .system_sampler import start_system_sampler
 
 
@@ -67,6 +67,7 @@ def create_app(settings: Optional[Settings] = None,
     app.register_blueprint(system.bp)
     app.register_blueprint(responses.bp)
     app.register_blueprint(custom_protocol.bp)
+    app.register_blueprint(console.bp)
     platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
         manager, platform = build_model_manager(settings)

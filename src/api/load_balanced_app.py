@@ -23,12 +23,13 @@ from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from .base_app import new_app
 from .middleware.auth import service_key
-from .routes import cluster, load_balanced
+from .routes import cluster, console, load_balanced
 
 
 def create_load_balanced_app(settings: Optional[Settings] = None) -> Flask:
     settings = settings or get_settings()
     app = new_app(settings, __name__, count_tokens=False)
+    app.register_blueprint(console.bp)
     app.register_blueprint(cluster.bp)
     app.register_blueprint(load_balanced.bp)
     manager = ClusterManager(settings, service_key(settings))

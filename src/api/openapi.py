@@ -11,19 +11,25 @@ from pydantic import BaseModel
 from .. import __version__
 from .routes.custom_protocol import GenerateRequest
 from .routes.responses import ResponsesRequest
-from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                      EmbeddingRequest, LoadModelRequest, TokenizeRequest)
+from .schemas import (ChatCompletionRequest, ClusterRestartRequest, ClusterScaleRequest,
+                      ClusterStrategyRequest, ClusterUpstreamRequest, CompletionRequest,
+                      DetokenizeRequest, EmbeddingRequest, LoadModelRequest, TokenizeRequest)
 
-# endpoint name -> the schema of its JSON body
+# path -> the schema of its JSON body (the single service and the
+# load-balanced entry point, which passes the same bodies on, share them)
 REQUEST_BODIES: dict[str, type[BaseModel]] = {
-    "openai.chat_completions": ChatCompletionRequest,
-    "openai.completions": CompletionRequest,
-    "openai.embeddings": EmbeddingRequest,
-    "openai.tokenize": TokenizeRequest,
-    "openai.detokenize": DetokenizeRequest,
-    "responses.create_response": ResponsesRequest,
-    "custom_protocol.generate": GenerateRequest,
-    "management.load_model": LoadModelRequest,
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest, "/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest, "/embeddings": EmbeddingRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
+    "/v1/responses": ResponsesRequest, "/responses": ResponsesRequest,
+    "/generate": GenerateRequest,
+    "/v1/models/load": LoadModelRequest,
+    "/v1/cluster/scale": ClusterScaleRequest,
+    "/v1/cluster/strategy": ClusterStrategyRequest,
+    "/v1/cluster/restart": ClusterRestartRequest,
+    "/v1/cluster/upstreams": ClusterUpstreamRequest,
 }
 _ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "type": {"type": "string"},
@@ -51,8 +57,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                                               "schema": {"$ref": "#/components/schemas/Error"}}}}}}
             if getattr(view, "admin_only", False):
                 operation["x-admin-only"] = True  # ADMIN_API_KEY when one is set
-            body = REQUEST_BODIES.get(rule.endpoint)
-            if body is not None:
+            body = REQUEST_BODIES.get(rule.rule)
+            if body is not None and method != "GET":
                 operation["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{_add_schema(components, body)}"}}}}
             paths.setdefault(path, {})[method.lower()] = operation

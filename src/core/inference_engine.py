@@ -186,6 +186,13 @@ class InferenceEngine(ABC):
     def __init__(self, model_id: str, options: Optional[EngineOptions] = None):
         self.model_id = model_id
         self.options = options or EngineOptions()
+        # how far `load` has come (0..1) and what it is doing: read by the model
+        # manager for /v1/models/{id}/status and the console's progress bar
+        self.load_progress: tuple[float, str] = (0.0, "starting")
+
+    def report_progress(self, fraction: float, stage: str) -> None:
+        """Called by an engine's `load` as it goes (from any thread)."""
+        self.load_progress = (min(max(fraction, 0.0), 1.0), stage)
 
     # lifecycle -----------------------------------------------------------
     @classmethod

@@ -115,8 +115,21 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         return {"owned_by": self.owned_by, "source": self.source, "path": str(self.path) if self.path else None,
+                "size_bytes": _size(self.path),
                 "engine": self.engine, "aliases": list(self.settings.aliases),
                 "settings": self.settings.model_dump(exclude_none=True, exclude={"aliases"})}
+
+
+def _size(path: Optional[Path]) -> Optional[int]:
+    """Bytes of a model file, or of every file in a model folder."""
+    try:
+        if path is None:
+            return None
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 class ModelCatalog:

@@ -37,6 +37,7 @@ class _Model:
     state: str = "unloaded"
     error: Optional[str] = None
     engine: Optional[InferenceEngine] = None
+    loading: Optional[InferenceEngine] = None  # the engine whose load is under way
     in_flight: int = 0
     last_used: float = 0.0
     loaded_at: Optional[float] = None
@@ -114,7 +115,8 @@ class ModelManager:
 
     def _describe(self, spec: ModelSpec) -> dict[str, Any]:
         model = self._models.get(spec.model_id)
-        info: dict[str, Any] = {"id": spec.model_id, "state": model.state if model else "unloaded",
+        info: dict[str, Any] = {"id": spec.model_id, **spec.describe(),
+                                "state": model.state if model else "unloaded",
                                 "error": model.error if model else None,
                                 "engine": model.engine_name if model else
                                 (spec.engine or self.default_engine),
@@ -122,8 +124,10 @@ class ModelManager:
                                 "load_seconds": model.load_seconds if model else None,
                                 "loaded_at": model.loaded_at if model else None,
                                 "last_used": model.last_used if model and model.last_used else None,
-                                "default": spec.model_id == self.default_model_id,
-                                **spec.describe()}
+                                "default": spec.model_id == self.default_model_id}
+        if model and model.state == "loading":
+            fraction, stage = model.loading.load_progress if model.loading else (0.0, "queued")
+            info["load_progress"], info["load_stage"] = round(fraction, 3), stage
         if model and model.engine is not None and model.state == "ready":
             status = model.engine.status()
             info["runtime"] = {k: v for k, v in vars(status).items()
@@ -273,6 +277,7 @@ class ModelManager:
         started = time.monotonic()
         ops_log.info("Loading {} with {} from {}", model.model_id, model.engine_name, path)
         engine = engine_class(model.model_id, options)
+        model.loading = engine
         try:
             engine.load(path)
         except Exception as exc:  # a bad file or no memory must not take the worker down
@@ -284,6 +289,7 @@ class ModelManager:
     def _loaded(self, model: _Model, engine: Optional[InferenceEngine],
                 error: Optional[str]) -> None:
         with self._lock:
+            model.loading = None
             if error is None:
                 model.engine, model.state, model.error = engine, "ready", None
                 model.loaded_at, model.last_used = time.time(), time.time()

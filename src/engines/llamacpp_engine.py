@@ -160,7 +160,16 @@ class LlamaCppEngine(InferenceEngine):
         _init_backend()
         opts = self.options
         model_params = _lib.llama_model_default_params()
+
+        def weights_read(fraction: float, _user_data: Any) -> bool:
+            self.report_progress(0.9 * fraction, "reading weights")
+            return True  # go on
+
+        # kept referenced until the load returns: llama.cpp calls it from C
+        on_progress = _lib.llama_progress_callback(weights_read)
+        model_params.progress_callback = on_progress
         model = _lib.llama_model_load_from_file(str(path).encode(), model_params)
+        self.report_progress(0.9, "allocating the context")
         if not model:
             self._state = "failed"
             raise ModelLoadError(f"llama.cpp could not load {path.name} (not a valid GGUF model?)")
@@ -197,6 +206,7 @@ class LlamaCppEngine(InferenceEngine):
         start_native_thread(self._run)
         self._loaded_at = time.time()
         self._state = "ready"
+        self.report_progress(1.0, "ready")
         logger.info("Loaded {} with llama.cpp: {} tokens x {} sequences, {} threads, chat template: {}",
                     self.model_id, self._n_ctx_seq, n_seq, threads,
                     "yes" if self._template else "no")

@@ -125,7 +125,9 @@ class MLXEngine(HFText, InferenceEngine):
         try:
             from mlx_lm import load  # imported here: MLX state is per thread
 
+            self.report_progress(0.05, "reading weights")
             model, tokenizer = load(self._path)
+            self.report_progress(0.9, "preparing the tokenizer")
             self._tokenizer = tokenizer
             self._vocab_size = len(tokenizer.get_vocab())
             self._context_length = self._model_context(model)

@@ -179,7 +179,10 @@ class VLLMEngine(HFText, InferenceEngine):
                 # a model cannot spend its tokens on whitespace
                 structured_outputs_config=StructuredOutputsConfig(backend="xgrammar",
                                                           disable_any_whitespace=True))
+            # one call does it all: weights, KV cache profiling, CUDA graphs
+            self.report_progress(0.05, "starting vLLM (weights, KV cache, CUDA graphs)")
             self._llm = AsyncLLM.from_engine_args(args)
+            self.report_progress(0.95, "preparing the tokenizer")
             self._tokenizer = self._llm.get_tokenizer()
             self._vocab_size = len(self._tokenizer.get_vocab())
             self._context_length = self._llm.model_config.max_model_len

@@ -85,8 +85,10 @@ def setup_logging(level: str = "INFO", log_dir: Optional[Path] = None, rotation_
 
 
 def recent_logs(limit: int = 100, level: Optional[str] = None,
-                file_name: str = "app.log") -> list[dict[str, Any]]:
-    """The last `limit` lines of a log file (at `level` or above), oldest first."""
+                file_name: str = "app.log", request_id: Optional[str] = None
+                ) -> list[dict[str, Any]]:
+    """The last `limit` lines of a log file (at `level` or above, of one
+    request if `request_id` is given), oldest first."""
     if _log_dir is None:
         return []
     path = _log_dir / file_name
@@ -98,14 +100,15 @@ def recent_logs(limit: int = 100, level: Optional[str] = None,
         fh.seek(0, 2)
         size = fh.tell()
         # lines are short: the tail holds enough of them
-        fh.seek(max(size - max(limit, 1) * 4096 * (4 if level else 1), 0))
+        fh.seek(max(size - max(limit, 1) * 4096 * (4 if level or request_id else 1), 0))
         lines = fh.read().decode("utf-8", "replace").splitlines()
     for raw in lines:
         try:
             entry = json.loads(raw)
         except ValueError:
             continue  # a line cut by the seek
-        if logger.level(entry.get("level", "INFO")).no >= minimum:
+        if logger.level(entry.get("level", "INFO")).no >= minimum and \
+                request_id in (None, entry.get("request_id")):
             kept.append(entry)
     return list(kept)
 

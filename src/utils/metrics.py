@@ -161,6 +161,10 @@ class ServiceMetrics:
             "cached_prompt_tokens_total": int(_sum(self.cached_tokens, "_total")),
             "tokens_per_second": round(sum(m.get("tokens_per_second", 0.0) for m in ready), 2),
             "completed_requests": int(completed),
+            # running totals: a client that polls takes differences for recent averages
+            "latency_seconds_sum": round(_sum(self.latency, "_sum"), 6),
+            "ttft_seconds_sum": round(_sum(self.ttft, "_sum"), 6),
+            "ttft_count": int(_sum(self.ttft, "_count")),
         }
 
 

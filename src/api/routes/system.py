@@ -131,5 +131,5 @@ def logs_recent():
     name = request.args.get("file", "app.log")
     if name not in LOG_FILES:
         raise InvalidRequestError(f"file must be one of {', '.join(LOG_FILES)}.", param="file")
-    lines = recent_logs(limit, level, name)
+    lines = recent_logs(limit, level, name, request.args.get("request_id") or None)
     return jsonify({"object": "list", "file": name, "data": lines})

@@ -1,0 +1,35 @@
+"""The web console: static files served at /ui (`/` leads there).
+
+The page holds no secret and no state of the server's: it calls the same API
+as any client, with the key the user types in (kept in the browser), so the
+files themselves are open like /health.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, redirect, send_from_directory
+
+STATIC = Path(__file__).resolve().parents[1] / "console" / "static"
+PREFIX = "/ui"
+
+bp = Blueprint("console", __name__, static_folder=str(STATIC),
+               static_url_path=f"{PREFIX}/static")
+
+
+def is_console_path(path: str) -> bool:
+    return path in ("/", PREFIX) or path.startswith(f"{PREFIX}/")
+
+
+@bp.get("/")
+def root():
+    return redirect(f"{PREFIX}/")
+
+
+@bp.get(PREFIX)
+@bp.get(f"{PREFIX}/")
+def index():
+    """The console page."""
+    response = send_from_directory(STATIC, "index.html")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
