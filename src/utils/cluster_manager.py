@@ -415,6 +415,7 @@ class ClusterManager:
 
     # health checks -----------------------------------------------------------------
     def _check(self, inst: Instance) -> None:
+        process = inst.process  # an answer from a process since replaced says nothing
         try:
             fresh = inst.state == "starting"
             error = self._probe(inst)
@@ -426,8 +427,8 @@ class ClusterManager:
             inst.checking = False
         now = time.monotonic()
         with self._lock:
-            if inst.state not in ("starting", "healthy", "unhealthy"):
-                return  # draining or stopped meanwhile
+            if inst.state not in ("starting", "healthy", "unhealthy") or inst.process is not process:
+                return  # draining, stopped or restarted meanwhile
             if error is None:
                 if inst.state != "healthy":
                     cluster_log.info("{} healthy ({} models)", inst.id, len(inst.models))
