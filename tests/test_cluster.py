@@ -404,3 +404,29 @@ def test_auto_scaling_follows_the_queue(tmp_path, model_dir, tiny_model):
         wait_for(lambda: "instance_1" not in status(server)["instances"], 60, "instance_1 gone")
     finally:
         stop_server(server)
+
+
+def test_an_instance_that_cannot_start_backs_off_and_requests_get_a_clean_503(
+        tmp_path, model_dir, tiny_model):
+    env = cluster_env(model_dir, CLUSTER_INSTANCES="1", HEALTH_CHECK_INTERVAL="5")
+    squatter = socket.socket()  # another program holds the instance's port
+    squatter.bind(("127.0.0.1", int(env["CLUSTER_BASE_PORT"])))
+    squatter.listen(1)
+    server = start_server(tmp_path, env, require_model=False)
+    try:
+        log = tmp_path / "logs" / "cluster.log"
+        wait_for(lambda: log.exists() and "next start in" in log.read_text(), 60,
+                 "the crash loop backs off")
+        resp = requests.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30)
+        assert resp.status_code == 503 and resp.headers["Retry-After"]
+        assert resp.json()["error"]["code"] == "service_unavailable"
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 503
+        inst = status(server)["instances"]["instance_0"]
+        assert not inst["healthy"] and "exited" in inst["last_error"]
+        squatter.close()  # the port is free again: the instance comes up on its own
+        wait_for(lambda: healthy(server, "instance_0"), 90, "instance_0 starts once it can")
+        assert requests.post(f"{server.url}/v1/chat/completions", json=CHAT,
+                             timeout=30).status_code == 200
+    finally:
+        squatter.close()
+        stop_server(server)

@@ -75,6 +75,8 @@ class Instance:
     next_check: float = 0.0
     checking: bool = False
     removing: bool = False  # draining to go away (scale down), not to come back
+    quick_exits: int = 0  # exits soon after a start, in a row (a crash loop backs off)
+    restart_at: float = 0.0  # when a dead local instance is started again
     deadline: float = 0.0  # end of the drain, or of the grace before SIGKILL
     _processes: dict[int, psutil.Process] = field(default_factory=dict)
 
@@ -310,9 +312,18 @@ class ClusterManager:
         if inst.process is None:
             self._spawn(inst, "first start")
         elif not inst.alive:
-            inst.failures += 1
-            inst.last_error = f"process exited with {inst.process.returncode}"
-            self._spawn(inst, inst.last_error)
+            if not inst.restart_at:  # just found dead: at once, unless it keeps dying young
+                inst.failures += 1
+                inst.last_error = f"process exited with {inst.process.returncode}"
+                inst.quick_exits = inst.quick_exits + 1 if now - inst.started_at < 10 else 0
+                delay = min(2.0 ** inst.quick_exits, 60.0) if inst.quick_exits > 1 else 0.0
+                inst.restart_at = now + delay
+                if delay:
+                    cluster_log.warning("{} exited {} s after its start, again: next start in "
+                                        "{:.0f} s", inst.id, round(now - inst.started_at),
+                                        delay)
+            if now >= inst.restart_at:
+                self._spawn(inst, inst.last_error or "process exited")
         elif inst.state == "starting" and now - inst.started_at > \
                 self.settings.instance_start_timeout:
             inst.last_error = f"not healthy {self.settings.instance_start_timeout:.0f} s after start"
@@ -359,7 +370,7 @@ class ClusterManager:
                 [sys.executable, str(PROJECT_ROOT / "run.py"), "--mode", "prod", "--skip-check"],
                 cwd=PROJECT_ROOT, env=self._instance_env(inst, log_dir), stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
-        inst.state, inst.failed_checks, inst.models = "starting", 0, {}
+        inst.state, inst.failed_checks, inst.models, inst.restart_at = "starting", 0, {}, 0.0
         inst.started_at = inst.next_check = time.monotonic()
         inst._processes.clear()
         cluster_log.log("INFO" if inst.restarts == 0 else "WARNING",
