@@ -150,7 +150,9 @@ function makeChart(id, series) {
   const data = [[], ...series.map(() => [])];
   const plot = new uPlot({
     width: Math.max(el.clientWidth, 420), height: 200,
-    scales: { x: { time: true } },
+    // always the last 5 minutes, from zero up: one point does not make a chart of years
+    scales: { x: { time: true, range: (u, min, max) => [max - HISTORY * METRICS_EVERY / 1000, max] },
+              y: { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] } },
     series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: true }))],
     axes: [{}, { size: 50 }],
   }, data, el);
