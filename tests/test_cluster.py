@@ -183,6 +183,21 @@ def test_status_reports_every_instance(cluster, dead_port):
     assert 'vllm_obtain_instance_healthy{instance="upstream_0"} 0.0' in metrics.text
 
 
+def test_system_metrics_add_up_the_instances_figures(cluster):
+    def figures() -> dict[str, Any]:
+        return requests.get(f"{cluster.url}/v1/system/metrics", timeout=10,
+                            headers={"Authorization": f"Bearer {USER}"}).json()["inference"]
+
+    before = figures()
+    assert sorted(before["instances_reporting"]) == ["instance_0", "instance_1"]  # not the dead one
+    tokens = sum(post(cluster, "/v1/chat/completions", CHAT, USER).json()["usage"]
+                 ["completion_tokens"] for _ in range(4))
+    after = figures()  # round robin: both instances' counters moved, the sum by all of it
+    assert after["completed_requests"] - before["completed_requests"] == 4
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] == tokens
+    assert after["ttft_count"] - before["ttft_count"] == 4 and after["latency_seconds_sum"] > 0
+
+
 def test_round_robin_alternates_and_skips_the_dead_upstream(cluster):
     order = served_by(cluster, 40)
     assert Counter(order) == {"instance_0": 20, "instance_1": 20}

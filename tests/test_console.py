@@ -96,7 +96,10 @@ def test_overview_shows_the_model_ready_and_live_charts(browser, server):
                             "messages": [{"role": "user", "content": "hi"}]})
     before = int(chart.get_attribute("data-points"))
     wait_for(lambda: int(chart.get_attribute("data-points")) > before + 1, 15, "the chart updates")
-    wait_for(lambda: float(page.text_content("#ov-tps").replace("–", "0")) >= 0, 5, "a rate")
+    # the traffic shows: a generation rate, and a TTFT and latency, measured over the polls
+    wait_for(lambda: float(chart.get_attribute("data-max")) > 0, 10, "tokens/s above zero")
+    wait_for(lambda: float(page.locator("#chart-latency").get_attribute("data-max")) > 0, 10,
+             "a latency")
     assert page.locator("#chart-latency canvas").count() == 1
     shot(page, "overview")
     assert not errors
@@ -194,9 +197,21 @@ def test_the_cluster_page_in_load_balanced_mode(browser, tmp_path, model_dir, ti
         page.click("#cl-apply")
         wait_for(lambda: requests.get(f"{lb.url}/v1/cluster/status", timeout=5).json()
                  ["load_balancer_strategy"] == "least_connections", 10, "strategy switched")
+        chart = page.locator("#chart-tokens")  # polled whichever page is open
+        wait_for(lambda: int(chart.get_attribute("data-points") or 0) >= 2, 15, "two points")
+        for _ in range(3):
+            assert requests.post(f"{lb.url}/v1/chat/completions", timeout=60, json={
+                "model": "tiny-chat", "max_tokens": 30,
+                "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        # the open cluster page is read again: the instance's request count moves by itself
+        requests_cell = page.locator(f"{row} td:nth-child(5)")
+        wait_for(lambda: int(requests_cell.text_content()) >= 3, 15, "the table refreshed")
+        shot(page, "cluster")
+        # the overview adds up the instances' figures: the traffic shows as tokens/s
         page.click('#tabs a[data-tab="overview"]')
         model_state(page, "#ov-models", "tiny-chat", "ready").wait_for(timeout=10_000)
-        shot(page, "cluster")
+        wait_for(lambda: float(chart.get_attribute("data-max")) > 0, 10, "tokens/s above zero")
+        shot(page, "cluster-overview")
         assert not errors
         page.context.close()
     finally:

@@ -138,3 +138,41 @@ class CrossThreadQueue(Generic[T]):
 
     def close(self) -> None:
         self._signal.close()
+
+
+class HubRunner:
+    """Runs a function in the hub's thread, as a greenlet, for a native thread
+    that waits for its result. Some work gevent allows only there: its
+    subprocesses need child watchers, which exist on the default loop alone.
+    Create it in the hub's thread; without gevent it simply calls."""
+
+    def __init__(self) -> None:
+        self._loop = None
+        self._thread = _original("_thread", "get_ident")()
+        if gevent_active():
+            from gevent import get_hub
+
+            self._loop = get_hub().loop
+
+    def __call__(self, fn: Callable[[], T]) -> T:
+        if self._loop is None or _original("_thread", "get_ident")() == self._thread:
+            return fn()
+        import gevent
+
+        done = allocate_native_lock()
+        done.acquire()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn()
+            except BaseException as exc:  # handed to the waiting thread
+                outcome["error"] = exc
+            finally:
+                done.release()
+
+        self._loop.run_callback_threadsafe(lambda: gevent.spawn(run))
+        done.acquire()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]

@@ -12,6 +12,7 @@ greenlets through `run_coroutine_threadsafe` and the contract's `RequestStream`.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import selectors
 import time
@@ -25,10 +26,11 @@ from loguru import logger
 from vllm import SamplingParams
 from vllm.config.structured_outputs import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.model_executor.models.registry import ModelRegistry
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from ..core.concurrency import allocate_native_lock, start_native_thread
+from ..core.concurrency import HubRunner, allocate_native_lock, start_native_thread
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
                                ServiceUnavailableError)
 from ..core.fair_queue import admits, queue_full
@@ -36,6 +38,21 @@ from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRe
                                      InferenceEngine, RequestStream, Usage)
 from .chat_template import ChatTemplate
 from .hf_text import HFText
+
+_in_hub = HubRunner()  # made at import, in the hub's thread
+
+
+def _inspect_architectures(architectures: list[str]) -> None:
+    """The first time vLLM meets a model class it inspects it in a subprocess
+    (to keep CUDA out of this process) and keeps the answer, in memory and
+    under VLLM_CACHE_ROOT. gevent runs subprocesses only in the hub's thread,
+    so it happens there, before the model's thread asks."""
+    inspect = getattr(ModelRegistry, "_try_inspect_model_cls", None)  # not a public API
+    if inspect is None:
+        return
+    for arch in architectures:
+        if arch in ModelRegistry.get_supported_archs():
+            inspect(arch)
 
 
 class VLLMEngine(HFText, InferenceEngine):
@@ -69,6 +86,12 @@ class VLLMEngine(HFText, InferenceEngine):
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{path.name} is not a Hugging Face model folder (config.json "
                                  f"and weights); the vLLM engine loads model folders.")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path.name}/config.json cannot be read: {exc}") from None
+        architectures = config.get("architectures") if isinstance(config, dict) else None
+        _in_hub(lambda: _inspect_architectures(architectures or []))
 
     def load(self, model_path: str) -> None:
         self.check_model(model_path)

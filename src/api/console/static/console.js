@@ -151,7 +151,10 @@ function makeChart(id, series) {
   const plot = new uPlot({
     width: Math.max(el.clientWidth, 420), height: 200,
     // always the last 5 minutes, from zero up: one point does not make a chart of years
-    scales: { x: { time: true, range: (u, min, max) => [max - HISTORY * METRICS_EVERY / 1000, max] },
+    scales: { x: { time: true, range: (u, min, max) => {
+                const end = max ?? Date.now() / 1000;   // no point yet: end now
+                return [end - HISTORY * METRICS_EVERY / 1000, end];
+              } },
               y: { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] } },
     series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: true }))],
     axes: [{}, { size: 50 }],
@@ -162,7 +165,9 @@ function makeChart(id, series) {
       values.forEach((v, i) => data[i + 1].push(v));
       if (data[0].length > HISTORY) data.forEach((column) => column.shift());
       plot.setData(data);
-      el.dataset.points = data[0].length;   // tests and curious users can read it
+      // tests and curious users can read them
+      el.dataset.points = data[0].length;
+      el.dataset.max = Math.max(0, ...data.slice(1).flat().filter((v) => v != null));
     },
   };
 }
@@ -213,24 +218,19 @@ async function pollMetrics() {
   const gpus = sys.gpus || [];
   const gpu = gpus.length ? 100 * gpus.reduce((a, g) => a + g.memory_used_bytes, 0) /
     gpus.reduce((a, g) => a + g.memory_total_bytes, 0) : null;
-  let running, waiting, tps = null, ttft = null, latency = null;
-  if (m.inference) {
-    const inf = m.inference;
-    running = inf.requests_running; waiting = inf.requests_waiting;
-    if (previous) {
-      const dt = m.timestamp - previous.timestamp;
-      const done = inf.completed_requests - previous.inference.completed_requests;
-      const firsts = inf.ttft_count - previous.inference.ttft_count;
-      tps = dt > 0 ? (inf.generation_tokens_total - previous.inference.generation_tokens_total) / dt : 0;
-      latency = done > 0 ? 1000 * (inf.latency_seconds_sum - previous.inference.latency_seconds_sum) / done : null;
-      ttft = firsts > 0 ? 1000 * (inf.ttft_seconds_sum - previous.inference.ttft_seconds_sum) / firsts : null;
-    }
-  } else {   // the load-balanced entry point: its instances' figures
-    const inst = m.instances || [];
-    running = inst.reduce((a, i) => a + i.active_connections, 0);
-    waiting = 0;
-    const times = inst.map((i) => i.avg_response_time).filter((x) => x != null);
-    latency = times.length ? 1000 * times.reduce((a, b) => a + b, 0) / times.length : null;
+  // the same figures in both modes: at the load-balanced entry point, its instances' sums
+  const inf = m.inference || {};
+  const running = inf.requests_running ?? 0, waiting = inf.requests_waiting ?? 0;
+  let tps = null, ttft = null, latency = null;
+  if (previous && m.inference && previous.inference) {
+    const before = previous.inference;
+    // an instance that restarts starts its totals again: a drop counts as nothing
+    const grew = (name) => Math.max(0, (inf[name] || 0) - (before[name] || 0));
+    const dt = m.timestamp - previous.timestamp;
+    const done = grew("completed_requests"), firsts = grew("ttft_count");
+    tps = dt > 0 ? grew("generation_tokens_total") / dt : 0;
+    latency = done > 0 ? 1000 * grew("latency_seconds_sum") / done : null;
+    ttft = firsts > 0 ? 1000 * grew("ttft_seconds_sum") / firsts : null;
   }
   previous = m;
   $("ov-running").textContent = running;
@@ -448,7 +448,8 @@ async function loadCluster() {
     notice(err.status === 403 ? t("admin.needed") : err.message);
     return;
   }
-  $("cl-strategy").value = status.load_balancer_strategy;
+  const strategy = $("cl-strategy");
+  if (document.activeElement !== strategy) strategy.value = status.load_balancer_strategy;  // not while choosing
   const rows = Object.values(status.instances).map((i) => {
     const row = document.createElement("tr");
     row.dataset.instance = i.id;
@@ -542,7 +543,12 @@ function start() {
   pollStatus().then(showTab);
   pollMetrics();
   setInterval(pollMetrics, METRICS_EVERY);
-  setInterval(() => { pollStatus(); if (location.hash === "#models") loadModels(); }, STATUS_EVERY);
+  // the pages that show live state are read again while open
+  setInterval(() => {
+    pollStatus();
+    if (location.hash === "#models") loadModels();
+    if (location.hash === "#cluster") loadCluster();
+  }, STATUS_EVERY);
 }
 
 start();
