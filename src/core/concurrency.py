@@ -36,6 +36,7 @@ def gevent_active() -> bool:
 allocate_native_lock: Callable[[], Any] = _original("_thread", "allocate_lock")
 _start_native_thread = _original("_thread", "start_new_thread")
 native_sleep: Callable[[float], None] = _original("time", "sleep")
+_native_thread_id: Callable[[], int] = _original("_thread", "get_ident")
 
 
 def start_native_thread(target: Callable[[], None]) -> None:
@@ -148,14 +149,14 @@ class HubRunner:
 
     def __init__(self) -> None:
         self._loop = None
-        self._thread = _original("_thread", "get_ident")()
+        self._thread = _native_thread_id()
         if gevent_active():
             from gevent import get_hub
 
             self._loop = get_hub().loop
 
     def __call__(self, fn: Callable[[], T]) -> T:
-        if self._loop is None or _original("_thread", "get_ident")() == self._thread:
+        if self._loop is None or _native_thread_id() == self._thread:
             return fn()
         import gevent
 

@@ -50,9 +50,8 @@ def _inspect_architectures(architectures: list[str]) -> None:
     inspect = getattr(ModelRegistry, "_try_inspect_model_cls", None)  # not a public API
     if inspect is None:
         return
-    for arch in architectures:
-        if arch in ModelRegistry.get_supported_archs():
-            inspect(arch)
+    for arch in set(architectures) & ModelRegistry.get_supported_archs():
+        inspect(arch)
 
 
 class VLLMEngine(HFText, InferenceEngine):

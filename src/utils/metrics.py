@@ -168,6 +168,14 @@ class ServiceMetrics:
         }
 
 
+# the figures of summary() that add up across instances (running totals and gauges;
+# the averages do not): the load-balanced entry point sums them
+ADDITIVE_FIGURES = ("requests_total", "requests_failed", "requests_running", "requests_waiting",
+                    "prompt_tokens_total", "generation_tokens_total",
+                    "cached_prompt_tokens_total", "tokens_per_second", "completed_requests",
+                    "latency_seconds_sum", "ttft_seconds_sum", "ttft_count")
+
+
 def _samples(metric: Any, suffix: str) -> list[Any]:
     return [s for family in metric.collect() for s in family.samples if s.name.endswith(suffix)]
 

@@ -17,7 +17,7 @@ from ... import __version__
 from ...core.exceptions import BadGatewayError, ModelNotFoundError, ServiceUnavailableError
 from ...core.load_balancer import LoadBalancer
 from ...utils.cluster_manager import ClusterManager, Instance
-from ...utils.metrics import ServiceMetrics, system_figures
+from ...utils.metrics import ADDITIVE_FIGURES, ServiceMetrics, system_figures
 from ..middleware.auth import admin_only
 from ..request_parsing import read_body
 from ..upstream_proxy import Answer, Outgoing, call_each, forward, model_of
@@ -179,27 +179,20 @@ def system_status():
                     "security": system.security_summary(settings)})
 
 
-# running totals and gauges of an instance's /v1/system/metrics that add up across instances
-SUMMED = ("requests_total", "requests_failed", "requests_running", "requests_waiting",
-          "prompt_tokens_total", "generation_tokens_total", "cached_prompt_tokens_total",
-          "tokens_per_second", "completed_requests", "latency_seconds_sum", "ttft_seconds_sum",
-          "ttft_count")
-
-
 def _summed_inference(instances: list[Instance]) -> dict[str, Any]:
     """The healthy instances' inference figures added up (those that answer
     in 3 s; an OpenAI server of someone else's has none). Totals drop when an
     instance restarts: a reader taking differences counts a drop as zero."""
     answers = _each([i for i in instances if i.routable], "GET", "/v1/system/metrics",
-                    timeout=3.0) if instances else {}
-    total: dict[str, Any] = dict.fromkeys(SUMMED, 0)
+                    timeout=3.0)
+    total: dict[str, Any] = dict.fromkeys(ADDITIVE_FIGURES, 0)
     reporting = []
     for inst_id, answer in answers.items():
         figures = answer.body.get("inference") if isinstance(answer.body, dict) else None
         if answer.status != 200 or not isinstance(figures, dict):
             continue
         reporting.append(inst_id)
-        for name in SUMMED:
+        for name in ADDITIVE_FIGURES:
             value = figures.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[name] += value
