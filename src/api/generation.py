@@ -162,10 +162,14 @@ def _collect(stream: RequestStream, deadline: Optional[float],
              client_gone: Callable[[], bool], trace: RequestTrace) -> _Collected:
     out = _Collected()
     parts = []
+    checked = time.monotonic()
     for delta in stream.iter_deltas(deadline, idle_interval=DISCONNECT_CHECK_INTERVAL):
-        if delta is None:
+        # asked on a clock, not only in silence: tokens may never pause that long
+        if time.monotonic() - checked >= DISCONNECT_CHECK_INTERVAL:
             if client_gone():  # leaving the loop closes the stream: the engine aborts it
                 raise ClientDisconnectedError("The client closed the connection.")
+            checked = time.monotonic()
+        if delta is None:
             continue
         if delta.error is not None:
             raise delta.error
