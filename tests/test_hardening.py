@@ -106,6 +106,22 @@ def test_context_overflow_names_the_context(exposed):
     assert error["code"] == "context_length_exceeded" and "context" in error["message"]
 
 
+@pytest.mark.parametrize("route, body, param", [
+    # found by the fuzzer: a content part that is not an object was a 500
+    ("/v1/responses", {"input": [{"role": "user", "content": [None]}]}, "input.0.content.0"),
+    ("/v1/responses", {"input": ["hi"]}, "input.0"),
+    ("/v1/responses", {"input": [{"content": "hi"}]}, "input.0.role"),
+    ("/v1/responses", {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+     "input.0"),
+    # a field of several shapes: the error is about the shape sent, not the first one tried
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"text": 1}]}]},
+     "messages.0.content.0.type"),
+])
+def test_a_bad_part_of_a_body_is_named(exposed, route, body, param):
+    resp = post(exposed, route, json.dumps({"model": "tiny-chat", **body}).encode())
+    assert error_of(resp, 400)["param"] == param
+
+
 # fuzzing -------------------------------------------------------------------
 
 ROUTES = {

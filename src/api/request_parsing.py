@@ -8,7 +8,7 @@ Its size is capped before it is read (MAX_REQUEST_BYTES, a 413).
 from __future__ import annotations
 
 import json
-from typing import Any, Type, TypeVar
+from typing import Any, Type, TypeVar, Union
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
@@ -85,15 +85,37 @@ def parse_body(model: Type[M]) -> M:
 
 
 def validate_as(model: Type[M], data: dict) -> M:
-    """`data` as `model`, or a 400 that names the first bad field."""
+    """`data` as `model`, or a 400 that names the bad field. Of pydantic's
+    errors the one that reaches deepest into the body is named, and one
+    about a value over one about its type: for a field that takes one of
+    several shapes, that is the shape the client meant."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        located = [(_path_in(data, err), err) for err in exc.errors()]
+        path, err = max(located, key=lambda pair: (len(pair[0]),
+                                                   not pair[1]["type"].endswith("_type")))
+        param = ".".join(str(p) for p in path)
         field = param or "body"
         if err["type"] == "missing":
             message = f"Missing required parameter: '{field}'."
         else:
             message = f"Invalid value for '{field}': {err['msg']}."
         raise InvalidRequestError(message, param=param or None) from None
+
+
+def _path_in(data: Any, err: dict[str, Any]) -> list[Union[str, int]]:
+    """The part of an error's location that is a path in the body: without
+    the tags pydantic adds for union members and validators; a missing
+    field's name is kept."""
+    path: list[Union[str, int]] = []
+    node, loc = data, err["loc"]
+    for i, key in enumerate(loc):
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+        elif not (err["type"] == "missing" and i == len(loc) - 1):
+            continue
+        path.append(key)
+    return path

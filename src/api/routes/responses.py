@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 from flask import Blueprint, jsonify
 from pydantic import Field
@@ -20,9 +20,29 @@ from .openai_compat import event_stream, start_chat_job
 bp = Blueprint("responses", __name__)
 
 
+class InputPart(_Lenient):
+    type: str
+    text: str = ""
+
+
+class InputMessage(_Lenient):
+    type: Literal["message"] = "message"
+    role: str
+    content: Optional[Union[str, list[InputPart]]] = None
+
+    def chat_message(self, index: int) -> dict[str, Any]:
+        if not isinstance(self.content, list):
+            return {"role": self.role, "content": self.content or ""}
+        for part in self.content:
+            if part.type not in ("input_text", "output_text", "text"):
+                raise InvalidRequestError(f"Content parts of type '{part.type}' are not "
+                                          f"supported; send text.", param=f"input.{index}")
+        return {"role": self.role, "content": "".join(part.text for part in self.content)}
+
+
 class ResponsesRequest(_Lenient):
     model: str = ""  # empty: the default model
-    input: Union[str, list[dict[str, Any]]]
+    input: Union[str, list[InputMessage]]
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = None
@@ -45,7 +65,7 @@ class ResponsesRequest(_Lenient):
         if isinstance(self.input, str):
             messages.append({"role": "user", "content": self.input})
         else:
-            messages += [_message(item, i) for i, item in enumerate(self.input)]
+            messages += [item.chat_message(i) for i, item in enumerate(self.input)]
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream,
                                 "max_tokens": self.max_output_tokens}
         for key in ("temperature", "top_p", "user"):
@@ -59,22 +79,6 @@ class ResponsesRequest(_Lenient):
         elif fmt:
             body["response_format"] = {"type": fmt.get("type")}
         return validate_as(ChatCompletionRequest, body)
-
-
-def _message(item: dict[str, Any], index: int) -> dict[str, Any]:
-    if item.get("type", "message") != "message" or "role" not in item:
-        raise InvalidRequestError("Each input item must be a message with a role.",
-                                  param=f"input[{index}]")
-    content = item.get("content")
-    if isinstance(content, list):  # input_text / output_text parts
-        texts = []
-        for part in content:
-            if part.get("type") not in ("input_text", "output_text", "text"):
-                raise InvalidRequestError(f"Content parts of type '{part.get('type')}' are not "
-                                          f"supported; send text.", param=f"input[{index}]")
-            texts.append(part.get("text", ""))
-        content = "".join(texts)
-    return {"role": item["role"], "content": content or ""}
 
 
 @bp.post("/v1/responses")
