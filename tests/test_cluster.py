@@ -297,21 +297,47 @@ def test_a_stream_cut_by_a_dying_instance_ends_with_an_error_event(cluster):
     wait_for(lambda: healthy(cluster, name), 30, f"{name} restarted")
 
 
-def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster):
-    long = dict(CHAT, max_tokens=400, stream=True, ignore_eos=True,
-                model="SmolLM2-135M-Instruct")
-    resp = post(cluster, "/v1/chat/completions", long, USER, stream=True)
-    instance = status(cluster)["instances"][resp.headers["X-Instance"]]
-    next(line for line in resp.iter_lines() if line)
-    resp.close()
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster, stream):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from src.utils.metrics import PREFIX
+    from tests.test_access_control import raw_request
+
+    instances = [i for i in status(cluster)["instances"].values() if i["pid"]]
+
+    def get(inst: dict[str, Any], path: str) -> requests.Response:
+        return requests.get(f"{inst['url']}{path}", timeout=5,
+                            headers={"Authorization": f"Bearer {USER}"})
 
     def running() -> int:
-        figures = requests.get(f"{instance['url']}/v1/system/metrics",
-                               headers={"Authorization": f"Bearer {USER}"}, timeout=5).json()
-        return figures["inference"]["requests_running"]
+        return sum(get(i, "/v1/system/metrics").json()["inference"]["requests_running"]
+                   for i in instances)
 
+    def hang_ups() -> int:  # requests the instances ended because their client left
+        return sum(int(sample.value) for i in instances
+                   for family in text_string_to_metric_families(get(i, "/metrics").text)
+                   for sample in family.samples
+                   if sample.name == f"{PREFIX}_requests_total"
+                   and sample.labels.get("status") == "499")
+
+    before = hang_ups()
+    long = dict(CHAT, max_tokens=400, stream=stream, ignore_eos=True,
+                model="SmolLM2-135M-Instruct")
+    sock = raw_request(cluster, "/v1/chat/completions", long, {"Authorization": f"Bearer {USER}"})
+    if stream:
+        got = b""
+        while b"data: " not in got:
+            got += sock.recv(4096)
+    else:
+        wait_for(lambda: running() == 1, 30, "the instance generating")
+    sock.close()
     wait_for(lambda: running() == 0, 10, "the instance stopped generating")
-    wait_for(lambda: status(cluster)["instances"][instance["id"]]["active_connections"] == 0,
+    # not a request that ran to its end: the instance counted a departed client
+
+    wait_for(lambda: hang_ups() == before + 1, 10, "the instance ended the request")
+    wait_for(lambda: all(i["active_connections"] == 0
+                         for i in status(cluster)["instances"].values()),
              5, "the entry point released the instance")
 
 

@@ -90,7 +90,7 @@ class ClientWatch:
                 gevent.sleep(WATCH_INTERVAL)
                 if gone():
                     gevent.kill(target, ClientDisconnectedError("The client closed the "
-                                                                "connection."), block=False)
+                                                                "connection."))
                     return
 
         self._task = gevent.spawn(watch)
