@@ -88,6 +88,11 @@ def start_server(tmp_path: Path, env: dict[str, str], mode: str = "prod",
     raise RuntimeError(f"server not healthy after {ready_timeout}s:\n{server.log()}")
 
 
+# what Python and gevent print for an exception nothing caught: a greenlet that
+# died this way did not do its work, though every answer may have looked right
+UNCAUGHT = ("Traceback (most recent call last)", "> failed with ")
+
+
 def stop_server(server: Server) -> None:
     if server.process.poll() is None:
         os.killpg(server.process.pid, signal.SIGTERM)
@@ -96,6 +101,8 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait()
+    uncaught = [line for line in server.log().splitlines() if any(u in line for u in UNCAUGHT)]
+    assert not uncaught, f"uncaught exceptions in {server.log_path}: {uncaught}"
 
 
 @pytest.fixture(scope="session")
