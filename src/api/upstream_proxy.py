@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -74,26 +75,41 @@ def instance_headers(inst: Instance, incoming: dict[str, str], request_id: str,
 class ClientWatch:
     """Under Gunicorn's gevent worker, interrupt the request's greenlet with
     ClientDisconnectedError once its client hangs up, so that waiting on an
-    instance ends at once (and closes the connection to it). Elsewhere (the
-    development server) there is no socket to watch and nothing happens."""
+    instance ends at once (and closes the connection to it). The error is
+    thrown only while the greenlet waits inside `guard()` (on the instance),
+    never into the balancer's bookkeeping or Gunicorn's own code, and never
+    after `stop()`. Elsewhere (the development server) there is no socket to
+    watch and nothing happens."""
 
     def __init__(self, environ: dict[str, Any]):
         self._task = None
+        self._guarded = False
         if environ.get("gunicorn.socket") is None:
             return
         import gevent
 
-        gone, target = client_disconnected(environ), gevent.getcurrent()
+        gone, target, hub = client_disconnected(environ), gevent.getcurrent(), gevent.get_hub()
+
+        def throw() -> None:  # in the hub, while the request's greenlet waits
+            if self._task is not None and self._guarded:
+                self.stop()
+                target.throw(ClientDisconnectedError("The client closed the connection."))
 
         def watch() -> None:
             while True:
                 gevent.sleep(WATCH_INTERVAL)
-                if gone():
-                    gevent.kill(target, ClientDisconnectedError("The client closed the "
-                                                                "connection."))
-                    return
+                if self._guarded and gone():
+                    hub.loop.run_callback(throw)
 
         self._task = gevent.spawn(watch)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        self._guarded = True
+        try:
+            yield
+        finally:
+            self._guarded = False
 
     def stop(self) -> None:
         if self._task is not None:
@@ -114,29 +130,32 @@ def forward(balancer: LoadBalancer, out: Outgoing, incoming: dict[str, str], req
                 break
             tried.append(inst)
             started = time.monotonic()
-            upstream = None
+            upstream: Optional[urllib3.BaseHTTPResponse] = None
+            kept = False  # the answer goes to the client; else the attempt is undone below
             try:
-                upstream = http_pool.urlopen(
-                    out.method, inst.url + out.path, body=out.body or None,
-                    headers=instance_headers(inst, incoming, request_id, peer),
-                    preload_content=False, decode_content=False, redirect=False,
-                    timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=out.read_timeout))
-                status = upstream.status
-                if status in (502, 503) and attempt + 1 < ATTEMPTS and \
-                        balancer.candidates(out.model, exclude=tried):
+                with watch.guard():
+                    upstream = http_pool.urlopen(
+                        out.method, inst.url + out.path, body=out.body or None,
+                        headers=instance_headers(inst, incoming, request_id, peer),
+                        preload_content=False, decode_content=False, redirect=False,
+                        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=out.read_timeout))
+                    status = upstream.status
+                    streamed = upstream.headers.get("Content-Type", "").startswith(
+                        "text/event-stream")
+                    retry = status in (502, 503) and attempt + 1 < ATTEMPTS and \
+                        bool(balancer.candidates(out.model, exclude=tried))
+                    chunks = _chunks(upstream)
+                    if not retry:
+                        body = next(chunks, b"") if streamed else b"".join(chunks)
+                if retry:
                     busy = status == 503 and "Retry-After" in upstream.headers
                     cluster.report_failure(inst, f"answered {status}", take_out=not busy)
                     last_failure = f"{inst.id} answered {status}"
-                    _discard(upstream)
-                    balancer.finished(inst)
                     continue
                 if status >= 500 and status not in (503, 504):
                     cluster.report_failure(inst, f"answered {status}", take_out=True)
-                streamed = upstream.headers.get("Content-Type", "").startswith(
-                    "text/event-stream")
-                chunks = _chunks(upstream)
-                body = next(chunks, b"") if streamed else b"".join(chunks)
                 balancer.first_byte(inst, time.monotonic() - started)
+                kept = True
             except _FAILURES as exc:
                 reason = f"{exc.__class__.__name__} from {inst.url}"
                 cluster.report_failure(inst, reason, take_out=True)
@@ -145,13 +164,11 @@ def forward(balancer: LoadBalancer, out: Outgoing, incoming: dict[str, str], req
                                "trying another instance" if attempt + 1 < ATTEMPTS
                                else "giving up")
                 last_failure = f"{inst.id}: {exc.__class__.__name__}"
-                _discard(upstream)
-                balancer.finished(inst)
                 continue
-            except BaseException:  # the client left (ClientWatch), or worse
-                _discard(upstream)
-                balancer.finished(inst)
-                raise
+            finally:
+                if not kept:  # whatever ended the attempt: a failure, or the client left
+                    _discard(upstream)
+                    balancer.finished(inst)
             headers = [(k, v) for k, v in upstream.headers.items()
                        if k.lower() not in HOP_BY_HOP and k.lower() != "x-request-id"]
             headers.append(("X-Instance", inst.id))
@@ -159,7 +176,7 @@ def forward(balancer: LoadBalancer, out: Outgoing, incoming: dict[str, str], req
                 upstream.release_conn()
                 balancer.finished(inst)
                 return Response(body, status=status, headers=headers)
-            relay = _relay(balancer, inst, upstream, body, chunks, out.path, watch)
+            relay = _Relay(balancer, inst, upstream, body, chunks, out.path, watch)
             watch = None  # the relay stops it when the stream ends
             response = Response(relay, status=status, headers=headers)
             response.call_on_close(relay.close)
@@ -187,30 +204,52 @@ def _chunks(upstream: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         yield data
 
 
-def _relay(balancer: LoadBalancer, inst: Instance, upstream: urllib3.BaseHTTPResponse,
-           first: bytes, chunks: Iterator[bytes], path: str, watch: ClientWatch
-           ) -> Iterator[bytes]:
-    complete = False
-    try:
-        yield first
-        yield from chunks
-        complete = True
-    except _FAILURES as exc:
-        balancer.cluster.report_failure(inst, f"stream cut: {exc.__class__.__name__}",
-                                        take_out=True)
-        logger.warning("Stream from {} cut ({}): ending it with an error event", inst.id,
-                       exc.__class__.__name__)
-        yield _stream_error(path, f"The instance serving this stream failed "
-                                  f"({exc.__class__.__name__}); the stream is incomplete.")
-    except ClientDisconnectedError:
-        pass  # closing the instance's connection below ends the work there
-    finally:
-        watch.stop()
-        if complete:
-            upstream.release_conn()
+class _Relay:
+    """A stream passed on chunk by chunk. Its end, however it comes (the
+    stream done, cut by the instance, the client gone, or never read at
+    all), releases the instance once: `close()` runs whether or not the
+    iteration ever started."""
+
+    def __init__(self, balancer: LoadBalancer, inst: Instance,
+                 upstream: urllib3.BaseHTTPResponse, first: bytes, chunks: Iterator[bytes],
+                 path: str, watch: ClientWatch):
+        self._balancer, self._inst, self._upstream = balancer, inst, upstream
+        self._first, self._chunks, self._path, self._watch = first, chunks, path, watch
+        self._complete = self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield self._first
+            while True:
+                with self._watch.guard():  # waiting on the instance, not writing to the client
+                    chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                yield chunk
+            self._complete = True
+        except _FAILURES as exc:
+            self._balancer.cluster.report_failure(
+                self._inst, f"stream cut: {exc.__class__.__name__}", take_out=True)
+            logger.warning("Stream from {} cut ({}): ending it with an error event",
+                           self._inst.id, exc.__class__.__name__)
+            yield _stream_error(self._path, f"The instance serving this stream failed "
+                                            f"({exc.__class__.__name__}); the stream is "
+                                            f"incomplete.")
+        except ClientDisconnectedError:
+            pass  # closing the instance's connection ends the work there
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._watch.stop()
+        if self._complete:
+            self._upstream.release_conn()
         else:
-            _discard(upstream)
-        balancer.finished(inst)
+            _discard(self._upstream)
+        self._balancer.finished(self._inst)
 
 
 def _stream_error(path: str, message: str) -> bytes:

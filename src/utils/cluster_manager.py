@@ -164,9 +164,11 @@ class ClusterManager:
 
     def status(self, strategy: str) -> dict[str, Any]:
         instances = self.instances()
+        # once each: psutil's cpu_percent measures since its previous call
+        described = {i.id: i.describe() for i in instances}
         return {"is_running": self._thread is not None and not self._stopping.is_set(),
                 "total_instances": len(instances),
-                "running_instances": sum(i.describe()["is_running"] for i in instances),
+                "running_instances": sum(d["is_running"] for d in described.values()),
                 "healthy_instances": sum(i.routable for i in instances),
                 "load_balancer_strategy": strategy,
                 "target_local_instances": self.target,
@@ -174,7 +176,7 @@ class ClusterManager:
                 "auto_scaling": {"enabled": self.settings.auto_scaling,
                                  "min_instances": self.settings.min_instances,
                                  "max_instances": self.settings.max_instances},
-                "instances": {i.id: i.describe() for i in instances}}
+                "instances": described}
 
     # what the balancer reports ----------------------------------------------------------
     def report_failure(self, inst: Instance, reason: str, take_out: bool) -> None:
