@@ -74,6 +74,7 @@ class Instance:
     started_at: float = field(default_factory=time.monotonic)
     next_check: float = 0.0
     checking: bool = False
+    replaying: bool = False  # models loaded before are being loaded on it (a fresh start)
     removing: bool = False  # draining to go away (scale down), not to come back
     quick_exits: int = 0  # exits soon after a start, in a row (a crash loop backs off)
     restart_at: float = 0.0  # when a dead local instance is started again
@@ -282,7 +283,10 @@ class ClusterManager:
         now = time.monotonic()
         with self._lock:
             for inst in self.locals():
-                self._watch_process(inst, now)
+                try:
+                    self._watch_process(inst, now)
+                except Exception as exc:  # one instance's trouble must not stop the others
+                    self._start_failed(inst, now, exc)
             self._reconcile()
             if self.settings.auto_scaling:
                 self._autoscale(now)
@@ -312,7 +316,8 @@ class ClusterManager:
                 _signal_group(inst, signal.SIGKILL)
             return
         if inst.process is None:
-            self._spawn(inst, "first start")
+            if now >= inst.restart_at:
+                self._spawn(inst, inst.last_error or "first start")
         elif not inst.alive:
             if not inst.restart_at:  # just found dead: at once, unless it keeps dying young
                 inst.failures += 1
@@ -326,7 +331,7 @@ class ClusterManager:
                                         delay)
             if now >= inst.restart_at:
                 self._spawn(inst, inst.last_error or "process exited")
-        elif inst.state == "starting" and now - inst.started_at > \
+        elif inst.state == "starting" and not inst.replaying and now - inst.started_at > \
                 self.settings.instance_start_timeout:
             inst.last_error = f"not healthy {self.settings.instance_start_timeout:.0f} s after start"
             self._spawn(inst, inst.last_error)
@@ -335,9 +340,17 @@ class ClusterManager:
 
     def _reconcile(self) -> None:
         staying = [i for i in self.locals() if not i.removing]
+        for inst in self.locals():  # scaled down, then up again: keep one still draining
+            if len(staying) >= self.target:
+                break
+            if inst.removing and inst.state == "draining":
+                inst.removing, inst.state, inst.next_check = False, "healthy", time.monotonic()
+                staying.append(inst)
+                cluster_log.info("{} stays", inst.id)
         if len(staying) < self.target:
+            # at most MAX_INSTANCES processes (one still stopping counts), on their ports
             used = {i.id for i in self.locals()}
-            for index in range(self.target + len(used)):
+            for index in range(max(self.settings.max_instances, self.target)):
                 if len(staying) >= self.target:
                     break
                 name = f"instance_{index}"
@@ -358,6 +371,17 @@ class ClusterManager:
         inst.state, inst.deadline = "draining", time.monotonic() + DRAIN_TIMEOUT
         cluster_log.info("{} draining ({} requests in flight) to {}", inst.id, inst.active,
                          "go away" if removing else "restart")
+
+    def _start_failed(self, inst: Instance, now: float, exc: Exception) -> None:
+        """Starting (or watching) `inst` raised: try again later, backing off."""
+        inst.failures += 1
+        inst.quick_exits += 1
+        inst.last_error = f"could not start: {exc.__class__.__name__}: {exc}"
+        delay = min(2.0 ** inst.quick_exits, 60.0)
+        inst.restart_at = now + delay
+        if inst.process is not None and not inst.alive:
+            inst.process = None  # nothing left to stop: the next try is a plain start
+        cluster_log.error("{} {}; next try in {:.0f} s", inst.id, inst.last_error, delay)
 
     def _spawn(self, inst: Instance, reason: str) -> None:
         """(Re)start a local instance; whatever is left of its last process goes first."""
@@ -382,7 +406,9 @@ class ClusterManager:
         """This process's environment (the instance reads the same settings),
         with what makes it one instance among several."""
         s = self.settings
-        planned = max(s.max_instances if s.auto_scaling else self.target, 1)
+        # GPU memory is split for as many instances as may ever run (too much and the
+        # last to start cannot); the cores for those that run now (too many only slows)
+        planned = max(self.target, 1)
         cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         return {**os.environ,
                 "INFERENCE_MODE": "single", "HOST": "127.0.0.1", "PORT": str(inst.port),
@@ -391,7 +417,7 @@ class ClusterManager:
                 "CORS_ORIGINS": "",  # browsers talk to the entry point only
                 # the instances share the machine: each its part of the cores and GPU memory
                 "MAX_CPU_THREADS": str(s.max_cpu_threads or max(1, cores // planned)),
-                "MAX_GPU_MEMORY": f"{s.max_gpu_memory / planned:.3f}"}
+                "MAX_GPU_MEMORY": f"{s.max_gpu_memory / max(s.max_instances, 1):.3f}"}
 
     def _autoscale(self, now: float) -> None:
         """One step at a time, SCALE_COOLDOWN apart: up while the queue (or the
@@ -404,7 +430,8 @@ class ClusterManager:
             return
         # requests beyond what an instance decodes at once are waiting in its queue
         waiting = sum(max(0, i.active - s.max_batch_size) for i in serving)
-        latencies = [i.ewma_latency for i in serving if i.ewma_latency is not None]
+        # the latency of instances at work now: an idle one's last figure is history
+        latencies = [i.ewma_latency for i in serving if i.ewma_latency is not None and i.active]
         slow = s.scale_up_latency > 0 and latencies and \
             sum(latencies) / len(latencies) >= s.scale_up_latency
         if self.target < s.max_instances and (waiting / len(serving) >= s.scale_up_queue_depth
@@ -433,7 +460,11 @@ class ClusterManager:
             fresh = inst.state == "starting"
             error = self._probe(inst)
             if error is None and fresh and inst.local and self._loads:
-                self._replay_loads(inst)
+                inst.replaying = True  # each load has its own time limit
+                try:
+                    self._replay_loads(inst)
+                finally:
+                    inst.replaying = False
         except Exception as exc:  # a check never brings the supervisor down
             error = f"health check failed: {exc.__class__.__name__}"
         finally:

@@ -1,0 +1,146 @@
+"""The cluster supervisor's decisions, in process: instances are stand-in
+processes (no server starts), so each rule is checked exactly. The same rules
+run end to end with real instances in test_cluster.py."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import pytest
+
+from src.utils import cluster_manager
+from src.utils.cluster_manager import ClusterManager, Instance
+from src.utils.config import Settings
+
+
+class StandIn:
+    """What the supervisor uses of a Popen: a pid, poll() and wait()."""
+
+    _pids = iter(range(10**6, 2 * 10**6))
+
+    def __init__(self) -> None:
+        self.pid = next(self._pids)
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        return self.returncode or 0
+
+
+@pytest.fixture
+def supervisor(monkeypatch):
+    """ClusterManager whose starts record the instance's environment; no health
+    check runs unless a test asks for it."""
+    started: list[tuple[str, dict[str, str]]] = []  # (instance, its environment)
+    checked: list[str] = []
+
+    def spawn(self, inst: Instance, reason: str) -> None:
+        started.append((inst.id, self._instance_env(inst, "/tmp")))
+        inst.process, inst.state = StandIn(), "starting"
+        inst.started_at = inst.next_check = time.monotonic()
+
+    def check(self, inst: Instance) -> None:
+        checked.append(inst.id)
+        inst.checking = False
+
+    monkeypatch.setattr(cluster_manager, "_signal_group", lambda inst, sig: None)
+    monkeypatch.setattr(ClusterManager, "_spawn", spawn)
+    monkeypatch.setattr(ClusterManager, "_check", check)
+
+    def make(**settings) -> ClusterManager:
+        manager = ClusterManager(Settings(inference_mode="load_balance", **settings))
+        manager.started, manager.checked = started, checked
+        return manager
+
+    return make
+
+
+def settle(manager: ClusterManager) -> None:
+    """Two passes: one adds the instances the target asks for, the next starts them."""
+    manager._tick()
+    manager._tick()
+
+
+def healthy(manager: ClusterManager) -> None:
+    for inst in manager.locals():
+        inst.state = "healthy"
+
+
+def test_gpu_memory_is_shared_out_for_every_instance_that_may_run(supervisor):
+    manager = supervisor(cluster_instances=2, max_instances=3, max_gpu_memory=0.9)
+    settle(manager)
+    healthy(manager)
+    manager.scale("scale_up", 1)
+    settle(manager)
+    shares = [float(env["MAX_GPU_MEMORY"]) for _, env in manager.started]
+    assert len(shares) == 3 and sum(shares) <= 0.9 + 1e-9
+
+
+def test_scaling_up_while_one_drains_keeps_it_and_stays_within_max(supervisor):
+    manager = supervisor(cluster_instances=3, max_instances=3, cluster_base_port=20000)
+    settle(manager)
+    healthy(manager)
+    for inst in manager.locals():
+        inst.active = 1  # requests in flight: a drain takes a while
+    manager.scale("scale_down", 1)
+    settle(manager)
+    draining = [i for i in manager.locals() if i.state == "draining"]
+    assert len(draining) == 1 and draining[0].removing
+    manager.scale("scale_up", 1)
+    settle(manager)
+    assert len(manager.locals()) == 3 and len(manager.started) == 3  # none started
+    assert draining[0].state == "healthy" and not draining[0].removing
+    assert sorted(i.port for i in manager.locals()) == [20000, 20001, 20002]
+
+
+def test_a_start_that_fails_backs_off_and_the_others_are_still_checked(supervisor, monkeypatch):
+    manager = supervisor(cluster_instances=1, cluster_upstreams="http://127.0.0.1:9/v1")
+    good_spawn = ClusterManager._spawn
+
+    def failing_spawn(self, inst, reason):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(ClusterManager, "_spawn", failing_spawn)
+    settle(manager)
+    inst = manager.get("instance_0")
+    assert "Too many open files" in inst.last_error and inst.process is None
+    assert inst.restart_at > time.monotonic()  # not tried again on every tick
+    for _ in range(20):
+        if "upstream_0" in manager.checked:
+            break
+        time.sleep(0.05)
+    assert "upstream_0" in manager.checked  # the remote upstream is still looked after
+    monkeypatch.setattr(ClusterManager, "_spawn", good_spawn)
+    inst.restart_at = 0.0
+    manager._tick()
+    assert inst.process is not None and inst.state == "starting"
+
+
+def test_autoscaling_on_latency_looks_only_at_instances_at_work(supervisor):
+    manager = supervisor(cluster_instances=1, min_instances=1, max_instances=3,
+                         auto_scaling=True, scale_up_latency=5.0, scale_cooldown=0)
+    settle(manager)
+    healthy(manager)
+    inst = manager.get("instance_0")
+    inst.ewma_latency = 8.0  # one slow burst, long over
+    manager._autoscale(time.monotonic())
+    assert manager.target == 1
+    inst.active = 1  # slow now
+    manager._autoscale(time.monotonic())
+    assert manager.target == 2
+
+
+def test_the_start_timeout_spares_an_instance_replaying_its_loads(supervisor):
+    manager = supervisor(cluster_instances=1, instance_start_timeout=10)
+    settle(manager)
+    inst = manager.get("instance_0")
+    first = inst.process
+    inst.started_at -= 60  # started long ago, still loading the models loaded before
+    inst.replaying = True
+    manager._tick()
+    assert inst.process is first and len(manager.started) == 1
+    inst.replaying = False
+    manager._tick()
+    assert inst.process is not first  # past the limit and not loading: started again
