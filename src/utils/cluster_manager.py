@@ -467,30 +467,35 @@ class ClusterManager:
                     inst.replaying = False
         except Exception as exc:  # a check never brings the supervisor down
             error = f"health check failed: {exc.__class__.__name__}"
-        finally:
-            inst.checking = False
-        now = time.monotonic()
         with self._lock:
-            if inst.state not in ("starting", "healthy", "unhealthy") or inst.process is not process:
-                return  # draining, stopped or restarted meanwhile
-            if error is None:
-                if inst.state != "healthy":
-                    cluster_log.info("{} healthy ({} models)", inst.id, len(inst.models))
-                inst.state, inst.failed_checks = "healthy", 0
-                inst.next_check = now + self.settings.health_check_interval
-                return
-            recheck = min(self.settings.health_check_interval, RECHECK_INTERVAL)
-            if inst.state == "starting" and inst.local:
-                inst.next_check = now + min(recheck, 0.5)  # not a failure: it is booting
-                return
-            inst.last_error = error
-            inst.failures += 1
-            inst.failed_checks += 1
-            if inst.state == "starting" or inst.failed_checks >= FAILURES_TO_TAKE_OUT:
-                if inst.state != "unhealthy":
-                    cluster_log.warning("{} unhealthy: {}", inst.id, error)
-                inst.state = "unhealthy"
-            inst.next_check = now + recheck  # a failing instance is looked at again soon
+            try:
+                self._checked(inst, process, error)
+            finally:
+                inst.checking = False  # under the lock: no second check counts this one's result
+
+    def _checked(self, inst: Instance, process: Any, error: Optional[str]) -> None:
+        """What one finished check means for the instance (under the lock)."""
+        now = time.monotonic()
+        if inst.state not in ("starting", "healthy", "unhealthy") or inst.process is not process:
+            return  # draining, stopped or restarted meanwhile
+        if error is None:
+            if inst.state != "healthy":
+                cluster_log.info("{} healthy ({} models)", inst.id, len(inst.models))
+            inst.state, inst.failed_checks = "healthy", 0
+            inst.next_check = now + self.settings.health_check_interval
+            return
+        recheck = min(self.settings.health_check_interval, RECHECK_INTERVAL)
+        if inst.state == "starting" and inst.local:
+            inst.next_check = now + min(recheck, 0.5)  # not a failure: it is booting
+            return
+        inst.last_error = error
+        inst.failures += 1
+        inst.failed_checks += 1
+        if inst.state == "starting" or inst.failed_checks >= FAILURES_TO_TAKE_OUT:
+            if inst.state != "unhealthy":
+                cluster_log.warning("{} unhealthy: {}", inst.id, error)
+            inst.state = "unhealthy"
+        inst.next_check = now + recheck  # a failing instance is looked at again soon
 
     def _probe(self, inst: Instance) -> Optional[str]:
         """None when the instance serves, else what is wrong. A local instance
