@@ -94,13 +94,20 @@ UNCAUGHT = ("Traceback (most recent call last)", "> failed with ")
 
 
 def stop_server(server: Server) -> None:
+    """SIGTERM to Gunicorn's master alone, as the systemd unit stops it
+    (KillMode=mixed): the service shuts down its own children in order.
+    Whatever is left of its process group afterwards is killed."""
     if server.process.poll() is None:
-        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.terminate()
         try:
             server.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
+            pass
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.process.wait()
     uncaught = [line for line in server.log().splitlines() if any(u in line for u in UNCAUGHT)]
     assert not uncaught, f"uncaught exceptions in {server.log_path}: {uncaught}"
 

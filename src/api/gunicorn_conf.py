@@ -6,6 +6,7 @@ model; here it is passed on to the workers instead, which reread
 API_KEYS_FILE (src/api/middleware/auth.py) and keep serving.
 """
 import signal
+import time
 
 
 def when_ready(server):
@@ -16,9 +17,35 @@ def when_ready(server):
     server.handle_hup = forward_hup
 
 
+SHUTDOWN_LIMIT = 120.0  # seconds the models may take to unload when the worker exits
+
+
 def worker_exit(server, worker):
-    """Load-balanced mode: the local instances end with the worker that
-    started them (after its own requests have finished)."""
+    """After the worker's own requests have finished: in load-balanced mode
+    the local instances end with it; in single mode its models are unloaded
+    in order (vLLM's engine process stopped by its client, not left to die
+    under it at interpreter exit)."""
     extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
     if "cluster" in extensions:
         extensions["cluster"].stop()
+    if "model_manager" in extensions:
+        _unload_all(extensions["model_manager"])
+
+
+def _unload_all(manager) -> None:
+    # engines are stopped from a native thread, as the unload route does
+    from src.core.concurrency import CrossThreadQueue, start_native_thread
+
+    done: CrossThreadQueue[bool] = CrossThreadQueue()
+
+    def unload() -> None:
+        try:
+            manager.shutdown()
+        finally:
+            done.put(True)
+
+    start_native_thread(unload)
+    deadline = time.monotonic() + SHUTDOWN_LIMIT
+    while not done.take(1.0) and time.monotonic() < deadline:
+        pass
+    done.close()

@@ -225,6 +225,12 @@ class VLLMEngine(HFText, InferenceEngine):
             await self._llm.abort(request_id)
             stream.push(GenerationDelta(error=error))
         self._running.clear()
+        # vLLM cancels its output task only after stopping the engine process; by
+        # then the task has seen the process die and logged an EngineDeadError
+        handler = getattr(self._llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
         self._llm.shutdown()
         self._llm = None
 
