@@ -224,7 +224,6 @@ class LlamaCppEngine(InferenceEngine):
         _lib.llama_model_free(self._model)
         self._ctx = self._model = self._batch = self._vocab = None
         self._state = "unloaded"
-        logger.info("Unloaded {}", self.model_id)
 
     def status(self) -> EngineStatus:
         return EngineStatus(

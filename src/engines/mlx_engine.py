@@ -93,7 +93,6 @@ class MLXEngine(HFText, InferenceEngine):
         self._exited.release()
         self._tokenizer = None
         self._state = "unloaded"
-        logger.info("Unloaded {}", self.model_id)
 
     def status(self) -> EngineStatus:
         return EngineStatus(

@@ -119,7 +119,6 @@ class VLLMEngine(HFText, InferenceEngine):
         self._exited.acquire()
         self._exited.release()
         self._state = "unloaded"
-        logger.info("Unloaded {}", self.model_id)
 
     def status(self) -> EngineStatus:
         return EngineStatus(
