@@ -6,7 +6,6 @@ model; here it is passed on to the workers instead, which reread
 API_KEYS_FILE (src/api/middleware/auth.py) and keep serving.
 """
 import signal
-import time
 
 
 def when_ready(server):
@@ -29,23 +28,7 @@ def worker_exit(server, worker):
     if "cluster" in extensions:
         extensions["cluster"].stop()
     if "model_manager" in extensions:
-        _unload_all(extensions["model_manager"])
+        # engines are stopped from a native thread, as the unload route does
+        from src.core.concurrency import call_in_native_thread
 
-
-def _unload_all(manager) -> None:
-    # engines are stopped from a native thread, as the unload route does
-    from src.core.concurrency import CrossThreadQueue, start_native_thread
-
-    done: CrossThreadQueue[bool] = CrossThreadQueue()
-
-    def unload() -> None:
-        try:
-            manager.shutdown()
-        finally:
-            done.put(True)
-
-    start_native_thread(unload)
-    deadline = time.monotonic() + SHUTDOWN_LIMIT
-    while not done.take(1.0) and time.monotonic() < deadline:
-        pass
-    done.close()
+        call_in_native_thread(extensions["model_manager"].shutdown, SHUTDOWN_LIMIT)

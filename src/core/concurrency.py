@@ -12,6 +12,7 @@ another thread poke safely), so waiting never blocks the hub; without gevent
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, Callable, Generic, Optional, TypeVar
 
@@ -177,3 +178,26 @@ class HubRunner:
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
+
+
+def call_in_native_thread(fn: Callable[[], None], timeout: Optional[float] = None) -> bool:
+    """Run `fn` in a native thread of its own and wait for it (from a greenlet
+    too, without blocking the hub); True once it has ended, raised or not,
+    False if `timeout` seconds passed first. Engines are stopped this way."""
+    done: CrossThreadQueue[bool] = CrossThreadQueue()
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            done.put(True)
+
+    start_native_thread(run)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not done.take(1.0):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+    finally:
+        done.close()

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 from loguru import logger
 
-from .concurrency import (CrossThreadQueue, allocate_native_lock, native_sleep,
-                          start_native_thread)
+from .concurrency import (CrossThreadQueue, allocate_native_lock, call_in_native_thread,
+                          native_sleep, start_native_thread)
 from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotLoadedError,
                          ServiceError, ServiceUnavailableError)
 from .inference_engine import EngineOptions, InferenceEngine
@@ -358,13 +358,7 @@ class ModelManager:
                              spec.model_id, drain, in_flight)
                 waiter.take(drain)
             if mine:
-                done: CrossThreadQueue[bool] = CrossThreadQueue()
-                try:
-                    start_native_thread(lambda: (self._finish_unload(model), done.put(True)))
-                    while not done.take(60.0):
-                        pass
-                finally:
-                    done.close()
+                call_in_native_thread(lambda: self._finish_unload(model))
         finally:
             waiter.close()
         if forget:
