@@ -173,8 +173,11 @@ def test_logs_filter_by_request_id_and_the_english_toggle(browser, server):
     page.select_option("#log-file", "api_requests.log")
     page.fill("#log-request-id", "console-log-0001")
     page.click("#log-refresh")
+    # the page loaded the unfiltered lines first: wait for the table to show this query
+    page.locator('#logs-table[data-file="api_requests.log"][data-request-id="console-log-0001"]'
+                 ).wait_for(timeout=10_000)
     rows = page.locator("#logs-table tbody tr")
-    rows.first.wait_for(timeout=10_000)
+    assert rows.count() >= 1
     assert all("console-log-0001" in rows.nth(i).text_content() for i in range(rows.count()))
     shot(page, "logs")
     page.click("#lang-button")

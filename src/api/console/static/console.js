@@ -477,15 +477,19 @@ function clusterAction(path, body) {
 }
 
 // logs -----------------------------------------------------------------------------
+let logsQuery = 0;  // answers can arrive out of order: only the latest query's answer is shown
+
 async function loadLogs() {
+  const query = ++logsQuery;
   const params = new URLSearchParams({ limit: "200", file: $("log-file").value });
   if ($("log-level").value) params.set("level", $("log-level").value);
   if ($("log-request-id").value.trim()) params.set("request_id", $("log-request-id").value.trim());
   let lines;
   try { lines = (await api(`/v1/logs/recent?${params}`)).data; } catch (err) {
-    notice(err.status === 403 ? t("admin.needed") : err.message);
+    if (query === logsQuery) notice(err.status === 403 ? t("admin.needed") : err.message);
     return;
   }
+  if (query !== logsQuery) return;
   const rows = lines.reverse().map((entry) => {
     const row = document.createElement("tr");
     row.className = `level-${entry.level}`;
@@ -497,6 +501,8 @@ async function loadLogs() {
     return row;
   });
   document.querySelector("#logs-table tbody").replaceChildren(...rows);
+  // what the table shows, for whoever reads it (the browser tests wait on it)
+  Object.assign($("logs-table").dataset, { file: params.get("file"), requestId: params.get("request_id") || "" });
 }
 
 // start ------------------------------------------------------------------------------
