@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import threading
@@ -11,13 +12,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
 import requests
 
-from tests.conftest import free_port, start_server, stop_server
+from tests.conftest import start_server, stop_server
 
 ADMIN = "lb-admin-key"
 USER = "lb-user-key"
@@ -25,11 +26,12 @@ CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "
 
 
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports."""
+    """The first of `count` consecutive free ports, below the range the system hands
+    out to outgoing connections: instances bind them again at every restart, and a
+    client's connection must not take one in the meantime."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        first = free_port()
-        if first + count > 65535:
-            continue
+        first = random.randrange(10000, low - count)
         socks = []
         try:
             for port in range(first, first + count):
@@ -99,8 +101,12 @@ def instance_pids(pid: int) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def dead_port() -> int:
-    return free_port()
+def dead_port() -> Iterator[int]:
+    """A port that refuses connections for the whole module: bound, never listening,
+    so no server started meanwhile can get it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +118,7 @@ def cluster(tmp_path_factory, model_dir, tiny_model, dead_port):
         API_KEYS=USER, ADMIN_API_KEY=ADMIN,
         CLUSTER_UPSTREAMS=f"http://127.0.0.1:{dead_port}/v1 weight=5"))
     server.tmp = tmp
-    wait_for(lambda: healthy(server, "instance_0", "instance_1"), 60, "both instances healthy")
+    wait_for(lambda: healthy(server, "instance_0", "instance_1"), 90, "both instances healthy")
     yield server
     pids = set()
     for inst in status(server)["instances"].values():
@@ -145,7 +151,8 @@ def test_request_id_is_carried_to_the_instance(cluster):
                 headers={"X-Request-ID": "lb-trace-0001"})
     assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "lb-trace-0001"
     log = cluster.tmp / "logs" / resp.headers["X-Instance"] / "api_requests.log"
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    whole = log.read_text().rpartition("\n")[0]  # not a line still being written
+    lines = [json.loads(line) for line in whole.splitlines()]
     assert any(e["request_id"] == "lb-trace-0001" and e["status"] == 200 for e in lines)
 
 
@@ -184,12 +191,15 @@ def test_status_reports_every_instance(cluster, dead_port):
 
 
 def test_system_metrics_add_up_the_instances_figures(cluster):
-    def figures() -> dict[str, Any]:
-        return requests.get(f"{cluster.url}/v1/system/metrics", timeout=10,
-                            headers={"Authorization": f"Bearer {USER}"}).json()["inference"]
+    def figures() -> dict[str, Any]:  # once both instances answered in time (not the dead one)
+        def read() -> dict[str, Any]:
+            return requests.get(f"{cluster.url}/v1/system/metrics", timeout=10,
+                                headers={"Authorization": f"Bearer {USER}"}).json()["inference"]
+        return wait_for(lambda: (lambda f: sorted(f["instances_reporting"]) ==
+                                 ["instance_0", "instance_1"] and f)(read()),
+                        30, "both instances report")
 
     before = figures()
-    assert sorted(before["instances_reporting"]) == ["instance_0", "instance_1"]  # not the dead one
     tokens = sum(post(cluster, "/v1/chat/completions", CHAT, USER).json()["usage"]
                  ["completion_tokens"] for _ in range(4))
     after = figures()  # round robin: both instances' counters moved, the sum by all of it
@@ -239,22 +249,35 @@ def test_strategies_distribute_as_they_promise(cluster):
 def test_killing_an_instance_under_load_loses_no_request(cluster):
     victim = status(cluster)["instances"]["instance_0"]
     body = dict(CHAT, max_tokens=48, ignore_eos=True)
-    results: list[int] = []
-    killed_at: list[float] = []
+    killed = threading.Event()
+    killed_at, respawned_after = [0.0], []
 
     def one(i: int) -> int:
         if i == 10:
             os.kill(victim["pid"], signal.SIGKILL)
-            killed_at.append(time.monotonic())
+            killed.set()
         return post(cluster, "/v1/chat/completions", body, USER).status_code
 
+    def watch() -> None:  # when does the supervisor start a new process?
+        killed.wait()
+        at = killed_at[0] = time.monotonic()
+        wait_for(lambda: status(cluster)["instances"]["instance_0"]["pid"] not in
+                 (None, victim["pid"]), 60, "instance_0 respawned")
+        respawned_after.append(time.monotonic() - at)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(30)))
     assert results == [200] * 30  # none lost
+    watcher.join()
+    # the supervisor starts it again within the health interval (10 s here); how long the
+    # new process takes to boot and load is the machine's, so it is only printed
+    assert respawned_after and respawned_after[0] < 10
     back = wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != victim["pid"] and i)(
-        status(cluster)["instances"]["instance_0"]), 10, "instance_0 back within the interval")
-    print(f"\ninstance_0 back {time.monotonic() - killed_at[0]:.1f} s after SIGKILL "
-          f"(restarts {back['restarts']})")
+        status(cluster)["instances"]["instance_0"]), 60, "instance_0 healthy again")
+    print(f"\ninstance_0 respawned {respawned_after[0]:.1f} s after SIGKILL, healthy again "
+          f"after {time.monotonic() - killed_at[0]:.1f} s (restarts {back['restarts']})")
     assert back["restarts"] >= 1 and back["failures"] >= 1
 
 
@@ -294,7 +317,7 @@ def test_a_stream_cut_by_a_dying_instance_ends_with_an_error_event(cluster):
     assert rest[-1] == "data: [DONE]"
     error = json.loads(rest[-2][6:])["error"]
     assert error["type"] == "server_error" and error["code"] == "upstream_error"
-    wait_for(lambda: healthy(cluster, name), 30, f"{name} restarted")
+    wait_for(lambda: healthy(cluster, name), 90, f"{name} restarted")
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -344,14 +367,14 @@ def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster, stream):
 def test_scaling_up_and_down(cluster):
     resp = post(cluster, "/v1/cluster/scale", {"action": "scale_up", "count": 1})
     assert resp.status_code == 200 and resp.json()["target_instances"] == 3
-    wait_for(lambda: healthy(cluster, "instance_2"), 60, "instance_2 healthy")
+    wait_for(lambda: healthy(cluster, "instance_2"), 90, "instance_2 healthy")
     assert set(served_by(cluster, 6)) == {"instance_0", "instance_1", "instance_2"}
     too_many = post(cluster, "/v1/cluster/scale", {"action": "scale_up", "count": 1})
     assert too_many.status_code == 400 and "MAX_INSTANCES" in too_many.json()["error"]["message"]
     pid = status(cluster)["instances"]["instance_2"]["pid"]
     resp = post(cluster, "/v1/cluster/scale", {"action": "scale_down", "count": 1})
     assert resp.status_code == 200 and resp.json()["target_instances"] == 2
-    wait_for(lambda: "instance_2" not in status(cluster)["instances"], 40, "instance_2 removed")
+    wait_for(lambda: "instance_2" not in status(cluster)["instances"], 90, "instance_2 removed")
     wait_for(lambda: not instance_pids(pid), 10, "instance_2's processes gone")
     assert set(served_by(cluster, 4)) == {"instance_0", "instance_1"}
     too_few = post(cluster, "/v1/cluster/scale", {"action": "scale_down", "count": 2})
@@ -363,7 +386,7 @@ def test_restarting_an_instance(cluster):
     resp = post(cluster, "/v1/cluster/restart", {"instance_id": "instance_1"})
     assert resp.status_code == 200
     wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != before["pid"])(
-        status(cluster)["instances"]["instance_1"]), 40, "instance_1 restarted")
+        status(cluster)["instances"]["instance_1"]), 90, "instance_1 restarted")
     assert post(cluster, "/v1/cluster/restart", {"instance_id": "nope"}).status_code == 404
     remote = post(cluster, "/v1/cluster/restart", {"instance_id": "upstream_0"})
     assert remote.status_code == 400 and "never restarted" in remote.json()["error"]["message"]
@@ -423,7 +446,7 @@ def test_auto_scaling_follows_the_queue(tmp_path, model_dir, tiny_model):
         AUTO_SCALING="true", SCALE_UP_QUEUE_DEPTH="1", SCALE_COOLDOWN="0",
         SCALE_DOWN_AFTER="2", MAX_BATCH_SIZE="1", HEALTH_CHECK_INTERVAL="5"))
     try:
-        wait_for(lambda: healthy(server, "instance_0"), 60, "instance_0 healthy")
+        wait_for(lambda: healthy(server, "instance_0"), 90, "instance_0 healthy")
         body = dict(CHAT, max_tokens=300, ignore_eos=True, model="SmolLM2-135M-Instruct")
         stop = threading.Event()
 
@@ -436,13 +459,13 @@ def test_auto_scaling_follows_the_queue(tmp_path, model_dir, tiny_model):
             t.start()
         try:
             wait_for(lambda: status(server)["target_local_instances"] == 2, 60, "scaled up")
-            wait_for(lambda: healthy(server, "instance_1"), 60, "instance_1 healthy")
+            wait_for(lambda: healthy(server, "instance_1"), 90, "instance_1 healthy")
         finally:
             stop.set()
             for t in threads:
                 t.join()
         wait_for(lambda: status(server)["target_local_instances"] == 1, 60, "scaled down")
-        wait_for(lambda: "instance_1" not in status(server)["instances"], 60, "instance_1 gone")
+        wait_for(lambda: "instance_1" not in status(server)["instances"], 90, "instance_1 gone")
     finally:
         stop_server(server)
 

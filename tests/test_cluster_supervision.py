@@ -38,7 +38,7 @@ def supervisor(monkeypatch):
 
     def spawn(self, inst: Instance, reason: str) -> None:
         started.append((inst.id, self._instance_env(inst, "/tmp")))
-        inst.process, inst.state = StandIn(), "starting"
+        inst.process, inst.state, inst.restart_at = StandIn(), "starting", 0.0
         inst.started_at = inst.next_check = time.monotonic()
 
     def check(self, inst: Instance) -> None:
@@ -144,3 +144,27 @@ def test_the_start_timeout_spares_an_instance_replaying_its_loads(supervisor):
     inst.replaying = False
     manager._tick()
     assert inst.process is not first  # past the limit and not loading: started again
+
+
+def test_an_instance_that_keeps_dying_before_healthy_backs_off_however_slow(supervisor):
+    manager = supervisor(cluster_instances=1)
+    settle(manager)
+    inst = manager.get("instance_0")
+    for attempt in range(2):  # each start fails only after a while (a slow machine)
+        inst.started_at -= 30
+        inst.process.returncode = 1
+        manager._tick()
+    assert inst.quick_exits == 2 and inst.restart_at > time.monotonic() + 1
+    assert len(manager.started) == 2  # the third start waits
+
+
+def test_an_instance_that_ran_for_a_while_is_restarted_at_once(supervisor):
+    manager = supervisor(cluster_instances=1)
+    settle(manager)
+    inst = manager.get("instance_0")
+    for attempt in range(3):
+        healthy(manager)
+        inst.started_at -= 30
+        inst.process.returncode = -9
+        manager._tick()
+    assert inst.quick_exits == 0 and len(manager.started) == 4

@@ -105,7 +105,7 @@ def test_render_chat_uses_the_model_template(engine):
 
 
 def test_full_queue_is_refused_with_retry_after(tiny_model):
-    eng = LlamaCppEngine("tiny-queue", EngineOptions(context_size=256, parallel_sequences=1,
+    eng = LlamaCppEngine("tiny-queue", EngineOptions(context_size=2048, parallel_sequences=1,
                                                      threads=1, max_waiting=2))
     eng.load(str(tiny_model))
     streams = []
@@ -114,7 +114,8 @@ def test_full_queue_is_refused_with_retry_after(tiny_model):
 
         with pytest.raises(ServiceUnavailableError) as err:
             for i in range(10):  # one runs, two wait, the next is refused
-                streams.append(eng.submit(GenerationRequest(f"q{i}", [65], max_tokens=200)))
+                streams.append(eng.submit(GenerationRequest(  # none ends during the loop
+                    f"q{i}", [65], max_tokens=2000, ignore_eos=True)))
         assert err.value.headers["Retry-After"] and err.value.status_code == 503
         assert 2 <= len(streams) <= 3
     finally:

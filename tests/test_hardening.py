@@ -205,6 +205,16 @@ def test_fuzzed_model_names_in_paths(exposed, model_id):
 
 # a disconnect storm ---------------------------------------------------------
 
+def generated(server, model: str) -> float:
+    """How many requests have produced a token (time to first token observations)."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "vllm_obtain_time_to_first_token_seconds":
+            return sum(s.value for s in family.samples
+                       if s.name.endswith("_count") and s.labels.get("model") == model)
+    return 0.0
+
+
 def in_flight(server, model: str) -> float:
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     total = 0.0
@@ -223,9 +233,11 @@ def storm_server(tmp_path_factory):
     stop_server(server)
 
 
-def test_a_disconnect_storm_frees_the_model_within_a_second(storm_server):
-    """Dozens of streaming clients hang up after their first chunk; the model
-    is idle again within a second and the next request is served."""
+def test_a_disconnect_storm_frees_the_model(storm_server):
+    """Dozens of streaming clients hang up after their first chunk; the model is
+    idle again at once (the time is printed: a few tenths of a second on an idle
+    2-core machine, seconds on a busy one, while finishing the work would take
+    minutes), the waiting ones never reach the model, and the next request is served."""
     server, model = storm_server, "SmolLM2-135M-Instruct"
     # prompts of a few dozen tokens: a step that prefills four of them ends well
     # within the second (a request is stopped between steps)
@@ -235,6 +247,7 @@ def test_a_disconnect_storm_frees_the_model_within_a_second(storm_server):
         return {"model": model, "max_tokens": 400, "ignore_eos": True, "stream": True,
                 "messages": [{"role": "user", "content": f"{i} {i * 7919} {story}"}]}
 
+    generated_before = generated(server, model)
     clients = [raw_request(server, "/v1/chat/completions", body(i), {}) for i in range(32)]
     for sock in clients:  # every client reads its first chunk
         got = b""
@@ -245,10 +258,15 @@ def test_a_disconnect_storm_frees_the_model_within_a_second(storm_server):
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()
     left = time.monotonic()
-    while in_flight(server, model) and time.monotonic() - left < 1.0:
+    while in_flight(server, model) and time.monotonic() - left < 15.0:
         time.sleep(0.02)
     assert in_flight(server, model) == 0, "requests of departed clients still in flight"
     print(f"storm: idle {time.monotonic() - left:.2f} s after the last client left")
+    # the waiting ones were dropped from the queue, not scheduled one after another to
+    # find out at their first token that nobody listens
+    started = generated(server, model) - generated_before
+    print(f"storm: {started:.0f} of 32 requests produced a token")
+    assert started <= 16
     answer = server.client().chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert answer.usage.completion_tokens == 4

@@ -186,13 +186,13 @@ def test_models_yaml_settings_aliases_and_load_request_settings(base):
 
 
 def test_idle_models_are_unloaded_but_not_the_default(base):
-    manager = make_manager(base, max_models=2, idle_timeout=0.5)
+    manager = make_manager(base, max_models=2, idle_timeout=2)
     manager.start()
     try:
         wait_state(manager, "tiny-a", "ready")
         with manager.acquire("tiny-b", 30) as lease:
             generate(lease)
-        wait_state(manager, "tiny-b", "unloaded", timeout=10)
+        wait_state(manager, "tiny-b", "unloaded", timeout=30)
         assert manager.describe("tiny-a")[0]["state"] == "ready"
         with manager.acquire("tiny-b", 30) as lease:  # loaded again on demand
             assert generate(lease)

@@ -76,7 +76,7 @@ class Instance:
     checking: bool = False
     replaying: bool = False  # models loaded before are being loaded on it (a fresh start)
     removing: bool = False  # draining to go away (scale down), not to come back
-    quick_exits: int = 0  # exits soon after a start, in a row (a crash loop backs off)
+    quick_exits: int = 0  # exits before healthy or soon after, in a row (a crash loop backs off)
     restart_at: float = 0.0  # when a dead local instance is started again
     deadline: float = 0.0  # end of the drain, or of the grace before SIGKILL
     _processes: dict[int, psutil.Process] = field(default_factory=dict)
@@ -322,7 +322,9 @@ class ClusterManager:
             if not inst.restart_at:  # just found dead: at once, unless it keeps dying young
                 inst.failures += 1
                 inst.last_error = f"process exited with {inst.process.returncode}"
-                inst.quick_exits = inst.quick_exits + 1 if now - inst.started_at < 10 else 0
+                # a slow machine may take longer than any fixed time to fail a start
+                died_young = inst.state == "starting" or now - inst.started_at < 10
+                inst.quick_exits = inst.quick_exits + 1 if died_young else 0
                 delay = min(2.0 ** inst.quick_exits, 60.0) if inst.quick_exits > 1 else 0.0
                 inst.restart_at = now + delay
                 if delay:

@@ -449,7 +449,7 @@ async function loadCluster() {
     return;
   }
   const strategy = $("cl-strategy");
-  if (document.activeElement !== strategy) strategy.value = status.load_balancer_strategy;  // not while choosing
+  if (!strategy.dataset.chosen) strategy.value = status.load_balancer_strategy;  // not over a choice not yet applied
   const rows = Object.values(status.instances).map((i) => {
     const row = document.createElement("tr");
     row.dataset.instance = i.id;
@@ -542,7 +542,11 @@ function start() {
     button.onclick = () => navigator.clipboard.writeText($(button.dataset.copy).textContent)
       .then(() => { button.textContent = t("pg.copied"); setTimeout(() => { button.textContent = t("pg.copy"); }, 1500); });
   });
-  $("cl-apply").onclick = () => clusterAction("/v1/cluster/strategy", { strategy: $("cl-strategy").value });
+  $("cl-strategy").addEventListener("change", () => { $("cl-strategy").dataset.chosen = "1"; });
+  $("cl-apply").onclick = () => {
+    delete $("cl-strategy").dataset.chosen;
+    clusterAction("/v1/cluster/strategy", { strategy: $("cl-strategy").value });
+  };
   $("cl-up").onclick = () => clusterAction("/v1/cluster/scale", { action: "scale_up", count: 1 });
   $("cl-down").onclick = () => clusterAction("/v1/cluster/scale", { action: "scale_down", count: 1 });
   $("log-form").addEventListener("submit", (e) => { e.preventDefault(); loadLogs(); });
