@@ -12,6 +12,8 @@ from src.utils import cluster_manager
 from src.utils.cluster_manager import ClusterManager, Instance
 from src.utils.config import Settings
 
+REAL_SPAWN = ClusterManager._spawn  # the fixture replaces it
+
 
 class StandIn:
     """What the supervisor uses of a Popen: a pid, poll() and wait()."""
@@ -168,3 +170,35 @@ def test_an_instance_that_ran_for_a_while_is_restarted_at_once(supervisor):
         inst.process.returncode = -9
         manager._tick()
     assert inst.quick_exits == 0 and len(manager.started) == 4
+
+
+def test_a_check_that_passed_before_a_request_failed_does_not_bring_it_back(supervisor):
+    manager = supervisor(cluster_instances=1)
+    settle(manager)
+    healthy(manager)
+    inst = manager.get("instance_0")
+    began = time.monotonic()  # a check starts and will pass...
+    manager.report_failure(inst, "connection refused", take_out=True)  # ...a request fails
+    manager._checked(inst, inst.process, None, began)
+    assert inst.state == "unhealthy" and inst.next_check <= time.monotonic()
+    manager._checked(inst, inst.process, None, time.monotonic())  # the next check counts
+    assert inst.state == "healthy"
+
+
+def test_a_process_that_will_not_die_does_not_hold_the_supervisor(supervisor, monkeypatch,
+                                                                   tmp_path):
+    manager = supervisor(cluster_instances=1, log_dir=str(tmp_path))
+    settle(manager)
+    inst = manager.get("instance_0")
+    stuck = inst.process
+
+    def wait(timeout=None):  # stuck in the kernel: SIGKILL does not end it
+        if timeout is None:
+            raise AssertionError("waited for good, with the supervisor's lock held")
+        raise cluster_manager.subprocess.TimeoutExpired("run.py", timeout)
+
+    stuck.wait = wait
+    monkeypatch.setattr(cluster_manager, "KILLED_WAIT", 0.01)
+    monkeypatch.setattr(cluster_manager.subprocess, "Popen", lambda *a, **k: StandIn())
+    REAL_SPAWN(manager, inst, "3 failed health checks")
+    assert inst.process is not stuck and inst.restarts == 1 and inst.state == "starting"

@@ -46,6 +46,7 @@ FAILURES_TO_TAKE_OUT = 3
 RECHECK_INTERVAL = 2.0  # seconds between checks of an instance that is not healthy (at most)
 CHECK_TIMEOUT = 5.0
 STOP_GRACE = 30.0  # seconds a stopping instance gets before SIGKILL
+KILLED_WAIT = 5.0  # seconds to wait for a SIGKILLed process (one stuck in the kernel may not go)
 DRAIN_TIMEOUT = 60.0  # seconds a draining instance's requests get to finish
 EWMA_WEIGHT = 0.3  # weight of the newest response time in the moving average
 
@@ -74,6 +75,7 @@ class Instance:
     started_at: float = field(default_factory=time.monotonic)
     next_check: float = 0.0
     checking: bool = False
+    taken_out_at: float = 0.0  # a check that began before this says nothing about now
     replaying: bool = False  # models loaded before are being loaded on it (a fresh start)
     removing: bool = False  # draining to go away (scale down), not to come back
     quick_exits: int = 0  # exits before healthy or soon after, in a row (a crash loop backs off)
@@ -188,7 +190,7 @@ class ClusterManager:
             inst.last_error = reason
             if take_out and inst.state == "healthy":
                 inst.state = "unhealthy"
-                inst.next_check = time.monotonic()  # check it again at once
+                inst.taken_out_at = inst.next_check = time.monotonic()  # check again at once
                 cluster_log.warning("{} taken out: {}", inst.id, reason)
 
     # what the API asks for -------------------------------------------------------------
@@ -389,7 +391,11 @@ class ClusterManager:
         """(Re)start a local instance; whatever is left of its last process goes first."""
         if inst.process is not None:
             _signal_group(inst, signal.SIGKILL)
-            inst.process.wait()
+            try:  # the lock is held: never wait for good
+                inst.process.wait(timeout=KILLED_WAIT)
+            except subprocess.TimeoutExpired:
+                cluster_log.error("{} pid {} still there {:.0f} s after SIGKILL; starting a new "
+                                  "one anyway", inst.id, inst.pid, KILLED_WAIT)
             inst.restarts += 1
         log_dir = self.settings.logs_path / inst.id
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -458,6 +464,7 @@ class ClusterManager:
     # health checks -----------------------------------------------------------------
     def _check(self, inst: Instance) -> None:
         process = inst.process  # an answer from a process since replaced says nothing
+        began = time.monotonic()
         try:
             fresh = inst.state == "starting"
             error = self._probe(inst)
@@ -471,15 +478,19 @@ class ClusterManager:
             error = f"health check failed: {exc.__class__.__name__}"
         with self._lock:
             try:
-                self._checked(inst, process, error)
+                self._checked(inst, process, error, began)
             finally:
                 inst.checking = False  # under the lock: no second check counts this one's result
 
-    def _checked(self, inst: Instance, process: Any, error: Optional[str]) -> None:
-        """What one finished check means for the instance (under the lock)."""
+    def _checked(self, inst: Instance, process: Any, error: Optional[str],
+                 began: float) -> None:
+        """What one check, begun at `began`, means for the instance (under the lock)."""
         now = time.monotonic()
         if inst.state not in ("starting", "healthy", "unhealthy") or inst.process is not process:
             return  # draining, stopped or restarted meanwhile
+        if error is None and began < inst.taken_out_at:
+            inst.next_check = now  # it passed before a request failed there: check again
+            return
         if error is None:
             if inst.state != "healthy":
                 cluster_log.info("{} healthy ({} models)", inst.id, len(inst.models))
