@@ -51,3 +51,38 @@ def test_hub_runner_runs_subprocesses_for_native_threads():
     assert results["direct"].startswith("TypeError"), results  # why HubRunner exists
     assert results["via hub"] == "hi"
     assert results["error"] == "raised in the caller"
+
+
+# A native thread that logged, ending while the interpreter exits: gevent's module
+# is cleared first, as at teardown, then the thread ends.
+EXIT_RACE = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import gc
+    import threading
+    import gevent.threading
+    from src.core.concurrency import allocate_native_lock, native_sleep, start_native_thread
+
+    asked, go = allocate_native_lock(), allocate_native_lock()
+    asked.acquire()
+    go.acquire()
+
+    def native() -> None:
+        threading.current_thread()  # what every log line does
+        asked.release()
+        go.acquire()
+
+    start_native_thread(native)
+    asked.acquire()
+    kept, gevent.threading.__threading__ = gevent.threading.__threading__, None
+    go.release()
+    native_sleep(0.5)
+    gc.collect()
+    gevent.threading.__threading__ = kept
+""")
+
+
+def test_a_native_thread_ending_at_exit_leaves_no_traceback():
+    out = subprocess.run([sys.executable, "-c", EXIT_RACE], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr

@@ -42,7 +42,26 @@ _native_thread_id: Callable[[], int] = _original("_thread", "get_ident")
 
 def start_native_thread(target: Callable[[], None]) -> None:
     """Run `target` in a real OS thread, even when threading is monkey-patched."""
-    _start_native_thread(target, ())
+    def run() -> None:
+        try:
+            target()
+        finally:
+            _forget_thread_record()
+
+    _start_native_thread(run, ())
+
+
+def _forget_thread_record() -> None:
+    """Under gevent, a native thread that asked for its Thread object (every log
+    line does) has a record in threading._active, removed by a weakref callback
+    when the thread's greenlet is freed as the thread ends. A thread that ends
+    while the interpreter exits can run that callback after gevent's module was
+    cleared, and Python prints a traceback. Removed here, the record takes its
+    callback with it."""
+    if gevent_active():
+        import threading
+
+        threading._active.pop(threading.get_ident(), None)  # type: ignore[attr-defined]
 
 
 class NativeWakeup:
