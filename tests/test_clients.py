@@ -43,8 +43,10 @@ def test_langchain_invoke_stream_tools_and_structured_output(smollm_server, tool
         """The weather in a city."""
         return "sunny"
 
+    # a random model's arguments: seeded, with room to close the JSON (bytes of rare
+    # characters are tokens of their own)
     tools_llm = ChatOpenAI(base_url=tools_server.base_url, api_key="lc", model=TOOLS_MODEL,
-                           max_tokens=80, max_retries=0)
+                           max_tokens=300, seed=7, max_retries=0)
     reply = tools_llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Paris?")
     (call,) = reply.tool_calls
     assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
@@ -68,7 +70,8 @@ def test_litellm_completion_stream_and_tools(smollm_server, tools_server):
         "required": ["q"], "additionalProperties": False}}}
     called = litellm.completion(model=f"openai/{TOOLS_MODEL}", api_base=tools_server.base_url,
                                 api_key="ll", messages=messages, tools=[tool],
-                                tool_choice="required", max_tokens=60)
+                                tool_choice="required", parallel_tool_calls=False,
+                                max_tokens=300, seed=7)
     (call,) = called.choices[0].message.tool_calls
     assert call.function.name == "lookup" and "q" in json.loads(call.function.arguments)
 
