@@ -162,7 +162,7 @@ def test_context_length_error_names_both_numbers(tiny_server):
 
 def test_unknown_fields_are_ignored(tiny_server):
     r = requests.post(f"{tiny_server.base_url}/chat/completions", timeout=30, json={
-        "model": "tiny-chat", "messages": CHAT, "max_tokens": 3, "user": "u1",
+        "model": "tiny-chat", "messages": CHAT, "max_tokens": 3, "temperature": 0, "user": "u1",
         "some_future_field": {"a": 1}, "parallel_tool_calls": False})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 

@@ -170,7 +170,7 @@ def test_request_id_is_echoed_and_in_every_log_line(ops):
     rid = "ops-test-request-42"
     secret = "the prompt text stays out of the logs"
     r = requests.post(f"{ops.base_url}/chat/completions", headers={"X-Request-ID": rid},
-                      json={"model": "tiny-a", "max_tokens": 3,
+                      json={"model": "tiny-a", "max_tokens": 3, "temperature": 0,
                             "messages": [{"role": "user", "content": secret}]}, timeout=60)
     assert r.headers["X-Request-ID"] == rid
     assert len(requests.get(f"{ops.url}/health").headers["X-Request-ID"]) == 32  # a fresh one

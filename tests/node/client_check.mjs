@@ -7,12 +7,14 @@ const [baseURL, model, toolsModel] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey: "node-check", maxRetries: 0 });
 const messages = [{ role: "user", content: "Say hello." }];
 
-const chat = await client.chat.completions.create({ model, messages, max_tokens: 6 });
+// greedy: a random model may end its turn early when it samples
+const chat = await client.chat.completions.create({ model, messages, max_tokens: 6, temperature: 0 });
 
 let streamed = "";
 let finish = null;
 const stream = await client.chat.completions.create({
-  model, messages, max_tokens: 6, stream: true, stream_options: { include_usage: true },
+  model, messages, max_tokens: 6, temperature: 0, stream: true,
+  stream_options: { include_usage: true },
 });
 let usage = null;
 for await (const chunk of stream) {
@@ -35,7 +37,8 @@ const calls = {};
 let toolFinish = null;
 const toolStream = await client.chat.completions.create({
   model: toolsModel, messages: [{ role: "user", content: "Weather in Paris?" }], stream: true,
-  tools: [tool], tool_choice: "required", parallel_tool_calls: false, max_tokens: 80,
+  tools: [tool], tool_choice: "required", parallel_tool_calls: false, seed: 7,
+  max_tokens: 300,  // room to close the JSON: rare characters take a token per byte
 });
 for await (const chunk of toolStream) {
   for (const c of chunk.choices) {
