@@ -1,6 +1,7 @@
 """Fixtures: the tiny generated model, and real servers started with run.py."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -37,6 +38,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The entries of a JSON-lines log, leaving out a last line still being written."""
+    whole = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 @dataclass

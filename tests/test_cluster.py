@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import json_lines, start_server, stop_server
 
 ADMIN = "lb-admin-key"
 USER = "lb-user-key"
@@ -151,9 +151,8 @@ def test_request_id_is_carried_to_the_instance(cluster):
                 headers={"X-Request-ID": "lb-trace-0001"})
     assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "lb-trace-0001"
     log = cluster.tmp / "logs" / resp.headers["X-Instance"] / "api_requests.log"
-    whole = log.read_text().rpartition("\n")[0]  # not a line still being written
-    lines = [json.loads(line) for line in whole.splitlines()]
-    assert any(e["request_id"] == "lb-trace-0001" and e["status"] == 200 for e in lines)
+    assert any(e["request_id"] == "lb-trace-0001" and e["status"] == 200
+               for e in json_lines(log))
 
 
 def test_keys_are_checked_and_cluster_routes_need_the_admin_key(cluster):

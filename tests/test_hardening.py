@@ -206,23 +206,21 @@ def test_fuzzed_model_names_in_paths(exposed, model_id):
 
 # a disconnect storm ---------------------------------------------------------
 
-def generated(server, model: str) -> float:
-    """How many requests have produced a token (time to first token observations)."""
+def metric_sum(server, model: str, *samples: str) -> float:
+    """The sum of these /metrics samples for `model`."""
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "vllm_obtain_time_to_first_token_seconds":
-            return sum(s.value for s in family.samples
-                       if s.name.endswith("_count") and s.labels.get("model") == model)
-    return 0.0
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name in samples and s.labels.get("model") == model)
 
 
 def in_flight(server, model: str) -> float:
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name in ("vllm_obtain_requests_running", "vllm_obtain_requests_waiting"):
-            total += sum(s.value for s in family.samples if s.labels.get("model") == model)
-    return total
+    return metric_sum(server, model, "vllm_obtain_requests_running",
+                      "vllm_obtain_requests_waiting")
+
+
+def generated(server, model: str) -> float:
+    """How many requests have produced a token (time to first token observations)."""
+    return metric_sum(server, model, "vllm_obtain_time_to_first_token_seconds_count")
 
 
 @pytest.fixture(scope="module")

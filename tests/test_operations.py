@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, json_lines, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,7 @@ def chat(server: Server, model: str, **kwargs):
 
 
 def log_lines(server: Server, name: str) -> list[dict]:
-    path = server.logs / name  # type: ignore[attr-defined]
-    whole = path.read_text().rpartition("\n")[0]  # not a line still being written
-    return [json.loads(line) for line in whole.splitlines() if line.strip()]
+    return json_lines(server.logs / name)  # type: ignore[attr-defined]
 
 
 def test_load_use_list_status_unload(ops):

@@ -327,7 +327,7 @@ class ClusterManager:
                 # a slow machine may take longer than any fixed time to fail a start
                 died_young = inst.state == "starting" or now - inst.started_at < 10
                 inst.quick_exits = inst.quick_exits + 1 if died_young else 0
-                delay = min(2.0 ** inst.quick_exits, 60.0) if inst.quick_exits > 1 else 0.0
+                delay = _backoff(inst.quick_exits) if inst.quick_exits > 1 else 0.0
                 inst.restart_at = now + delay
                 if delay:
                     cluster_log.warning("{} exited {} s after its start, again: next start in "
@@ -381,7 +381,7 @@ class ClusterManager:
         inst.failures += 1
         inst.quick_exits += 1
         inst.last_error = f"could not start: {exc.__class__.__name__}: {exc}"
-        delay = min(2.0 ** inst.quick_exits, 60.0)
+        delay = _backoff(inst.quick_exits)
         inst.restart_at = now + delay
         if inst.process is not None and not inst.alive:
             inst.process = None  # nothing left to stop: the next try is a plain start
@@ -554,6 +554,11 @@ class ClusterManager:
                 cluster_log.info("{}: load of {} replayed -> {}", inst.id, model, resp.status)
             except urllib3.exceptions.HTTPError as exc:
                 cluster_log.warning("{}: load of {} failed: {}", inst.id, model, exc)
+
+
+def _backoff(quick_exits: int) -> float:
+    """Seconds before the next start after `quick_exits` failures in a row: 2, 4, 8... 60."""
+    return min(2.0 ** quick_exits, 60.0)
 
 
 def _signal_group(inst: Instance, sig: int) -> None:
