@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 import requests
 
+from tests.scripted_model import write_test_models
 from tests.tiny_model import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,8 @@ def start_server(tmp_path: Path, env: dict[str, str], mode: str = "prod",
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port),
-                "LOG_DIR": str(tmp_path / "logs"), "MAX_CPU_THREADS": "1",
+                "LOG_DIR": str(tmp_path / "logs"), "DATA_DIR": str(tmp_path / "data"),
+                "MAX_CPU_THREADS": "1",
                 "MODEL_BASE_PATH": str(tmp_path / "no-models"), **env}
     log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--mode", mode],
@@ -149,3 +151,16 @@ def tools_server(tiny_server) -> Server:
         "model_name": TOOLS_MODEL, "model_path": "tiny-chat.gguf", "context_size": 2048})
     assert r.status_code == 200, r.text
     return tiny_server
+
+
+@pytest.fixture(scope="session")
+def scripted_server(tmp_path_factory) -> Iterator[Server]:
+    """Gunicorn + gevent serving the scripted models (tests/scripted_model.py):
+    fixed replies that think, call tools and end, whatever the sampling."""
+    folder = write_test_models(tmp_path_factory.mktemp("scripted-models"))
+    tmp = tmp_path_factory.mktemp("scripted-server")
+    server = start_server(tmp, {"DEFAULT_MODEL": "scripted-think", "MODEL_BASE_PATH": str(folder),
+                                "MAX_CONCURRENT_MODELS": "8", "CONTEXT_SIZE": "1024",
+                                "MAX_BATCH_SIZE": "2"})
+    yield server
+    stop_server(server)

@@ -40,9 +40,9 @@ def test_responses_api_stream_events(smollm_server):
     assert events[-1].response.usage.output_tokens == 6
 
 
-def test_responses_api_refuses_what_it_cannot_do(tiny_server):
+def test_responses_api_chains_only_to_stored_responses(tiny_server):
     client = tiny_server.client()
-    with pytest.raises(openai.BadRequestError) as err:
+    with pytest.raises(openai.NotFoundError) as err:
         client.responses.create(model="tiny-chat", input="hi", previous_response_id="resp_x")
     assert err.value.body["param"] == "previous_response_id"
 

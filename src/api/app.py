@@ -14,6 +14,7 @@ from flask import Flask
 from ..core.inference_engine import EngineOptions
 from ..core.model_catalog import ModelCatalog
 from ..core.model_manager import ModelManager
+from ..core.response_store import ResponseStore
 from ..engines.registry import get_engine_class, implemented_engines
 from ..utils.config import Settings, get_settings
 from ..utils.logger import logger
@@ -75,6 +76,8 @@ def create_app(settings: Optional[Settings] = None,
     app.extensions["model_manager"] = manager
     app.extensions["platform"] = platform
     app.extensions["metrics"] = ServiceMetrics(lambda: model_figures(manager))
+    app.extensions["response_store"] = ResponseStore(settings.data_path / "responses.sqlite3",
+                                                     settings.response_store_retention_days)
     if settings.metrics_interval > 0:
         start_system_sampler(settings.metrics_interval, app.extensions["metrics"].summary)
     return app

@@ -13,10 +13,11 @@ from ..core.exceptions import (ClientDisconnectedError, InvalidRequestError, Ser
 from ..core.inference_engine import (GenerationDelta, GenerationRequest, InferenceEngine,
                                      RequestStream, SamplingParams, Usage)
 from ..core.model_manager import ModelLease
+from .reasoning import reasoning_parser_for
+from .reply import Reasoning, ReplyEvent, ReplyParser, ReplySummary
 from .request_trace import RequestTrace
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
-from .tool_calls import (CallStart, Content, ToolCallParser, ToolSetup, message_tool_calls,
-                         prompt_messages, tool_setup)
+from .tool_calls import CallStart, Content, ToolSetup, message_tool_calls, prompt_messages, tool_setup
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
 DISCONNECT_CHECK_INTERVAL = 0.1  # how often a waiting request checks its client
@@ -51,6 +52,9 @@ class Job:
     tools: Optional[ToolSetup] = None  # chat with tools that may be called
     settle: Settle = lambda used: None
     created: int = field(default_factory=lambda: int(time.time()))
+    # a chat's reply parser, one per choice: reasoning and tool calls; None: plain text
+    new_parser: Optional[Callable[[], ReplyParser]] = None
+    reasoning_tokens: int = 0  # counted by the choices' parsers
 
     @property
     def engine(self) -> InferenceEngine:
@@ -122,23 +126,50 @@ def _prompt_tokens(lease: ModelLease, trace: RequestTrace,
         raise
 
 
-def start_chat(lease: ModelLease, req: ChatCompletionRequest, caller: Caller) -> Job:
-    """Render, tokenize and submit a chat request; the job owns the lease from here."""
+def drop_oldest_turn(messages: list[dict[str, Any]]) -> Optional[list[dict[str, Any]]]:
+    """The chat without its oldest message after the system ones (and the
+    tool results that answered it), or None when only the last one is left."""
+    first = next((i for i, m in enumerate(messages) if m["role"] not in ("system", "developer")),
+                 len(messages))
+    end = first + 1
+    while end < len(messages) and messages[end]["role"] == "tool":
+        end += 1
+    if end >= len(messages):
+        return None
+    return messages[:first] + messages[end:]
+
+
+def start_chat(lease: ModelLease, req: ChatCompletionRequest, caller: Caller,
+               truncate: bool = False) -> Job:
+    """Render, tokenize and submit a chat request; the job owns the lease from
+    here. With `truncate`, the oldest turns are dropped until the prompt and
+    max_tokens fit the context (the Responses API's truncation: auto)."""
     setup: Optional[ToolSetup] = None
+    prompt = ""
 
     def tokens(engine: InferenceEngine) -> list[list[int]]:
-        nonlocal setup
+        nonlocal setup, prompt
         setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls)
         if setup and setup.call_schema() and req.json_schema:
             raise InvalidRequestError("response_format cannot be combined with a required or "
                                       "named tool_choice.", param="response_format")
-        messages, tools = prompt_messages([m.for_template() for m in req.messages], setup,
-                                          engine.capabilities.tools)
-        prompt = engine.render_chat(messages, tools=tools)
-        return [engine.tokenize(prompt, add_special=True)]
+        history = [m.for_template() for m in req.messages]
+        while True:
+            messages, tools = prompt_messages(history, setup, engine.capabilities.tools)
+            prompt = engine.render_chat(messages, tools=tools,
+                                        template_kwargs=req.template_kwargs())
+            ids = engine.tokenize(prompt, add_special=True)
+            shorter = drop_oldest_turn(history) if truncate else None
+            if shorter is None or len(ids) + (req.max_tokens or 1) <= engine.context_length:
+                return [ids]  # the engine refuses a prompt that is still too long
+            history = shorter
 
-    return _submit(lease, _prompt_tokens(lease, caller.trace, tokens), req,
-                   f"chatcmpl-{uuid.uuid4().hex}", caller, setup)
+    job = _submit(lease, _prompt_tokens(lease, caller.trace, tokens), req,
+                  f"chatcmpl-{uuid.uuid4().hex}", caller, setup)
+    mode = lease.settings.reasoning_parser
+    if setup is not None or mode != "none":
+        job.new_parser = lambda: ReplyParser(reasoning_parser_for(mode, prompt), setup)
+    return job
 
 
 def start_completion(lease: ModelLease, req: CompletionRequest, caller: Caller) -> Job:
@@ -156,12 +187,16 @@ class _Collected:
     finish_reason: Optional[str] = None
     usage: Optional[Usage] = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    reply: Optional[ReplySummary] = None  # the text read by the job's reply parser
+    answer_logprobs: list[dict[str, Any]] = field(default_factory=list)  # not the reasoning's
 
 
-def _collect(stream: RequestStream, deadline: Optional[float],
-             client_gone: Callable[[], bool], trace: RequestTrace) -> _Collected:
+def _collect(stream: RequestStream, deadline: Optional[float], job: Job) -> _Collected:
+    client_gone, trace = job.caller.gone, job.trace
+    parser = job.new_parser() if job.new_parser else None
     out = _Collected()
     parts = []
+    events: list[ReplyEvent] = []
     checked = time.monotonic()
     for delta in stream.iter_deltas(deadline, idle_interval=DISCONNECT_CHECK_INTERVAL):
         # asked on a clock, not only in silence: tokens may never pause that long
@@ -177,17 +212,28 @@ def _collect(stream: RequestStream, deadline: Optional[float],
             trace.first_token()
         parts.append(delta.text)
         out.logprobs.extend(delta.logprobs or ())
+        if parser is not None:
+            new = parser.feed(delta.text, delta.token_count)
+            events += new
+            if any(isinstance(e, Content) for e in new):
+                out.answer_logprobs.extend(delta.logprobs or ())
         if delta.final:
             out.finish_reason, out.usage = delta.finish_reason, delta.usage
             trace.add_usage(delta.usage)
     out.text = "".join(parts)
+    if parser is None:
+        out.answer_logprobs = out.logprobs
+    else:
+        out.reply = ReplySummary.of(events + parser.finish(), parser.calls)
+        job.reasoning_tokens += parser.reasoning_tokens
     return out
 
 
-def _collect_all(job: Job, deadline: Optional[float]) -> list[_Collected]:
+def collect_replies(job: Job, deadline: Optional[float]) -> list[_Collected]:
+    """Every choice's whole reply; the job is closed when they are in."""
     status = 200
     try:
-        return [_collect(s, deadline, job.caller.gone, job.trace) for s in job.streams]
+        return [_collect(s, deadline, job) for s in job.streams]
     except ServiceError as exc:
         status = exc.status_code
         raise
@@ -198,11 +244,15 @@ def _collect_all(job: Job, deadline: Optional[float]) -> list[_Collected]:
         job.close(status)
 
 
-def _usage_dict(trace: RequestTrace) -> dict[str, Any]:
+def usage_dict(job: Job) -> dict[str, Any]:
+    trace = job.trace
     prompt, completion = trace.prompt_tokens, trace.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": trace.cached_tokens}}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion,
+             "prompt_tokens_details": {"cached_tokens": trace.cached_tokens}}
+    if job.new_parser is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": job.reasoning_tokens}
+    return usage
 
 
 def _chat_logprobs(entries: Optional[list[dict[str, Any]]]) -> Optional[dict[str, Any]]:
@@ -241,30 +291,36 @@ def _by_text(top: list[dict[str, Any]]) -> dict[str, float]:
 
 def chat_response(job: Job, req: ChatCompletionRequest,
                   deadline: Optional[float]) -> dict[str, Any]:
-    results = _collect_all(job, deadline)
+    results = collect_replies(job, deadline)
     want_logprobs = req.logprobs_wanted is not None
     choices = []
     for i, r in enumerate(results):
-        message: dict[str, Any] = {"role": "assistant", "content": r.text}
-        finish = r.finish_reason
-        if job.tools is not None:
-            parser = ToolCallParser(job.tools.names)
-            events = parser.feed(r.text) + parser.finish()
-            if parser.calls:
-                text = "".join(e.text for e in events if isinstance(e, Content)).strip()
-                message = {"role": "assistant", "content": text or None,
-                           "tool_calls": message_tool_calls(parser.calls)}
-                finish = "tool_calls" if finish == "stop" else finish
+        message, finish = chat_message(r.reply, r.text, r.finish_reason)
         choices.append({"index": i, "message": message, "finish_reason": finish,
                         "logprobs": _chat_logprobs(r.logprobs if want_logprobs else None)})
     return {"id": job.response_id, "object": "chat.completion", "created": job.created,
             "model": job.model, "system_fingerprint": None, "choices": choices,
-            "usage": _usage_dict(job.trace)}
+            "usage": usage_dict(job)}
+
+
+def chat_message(reply: Optional[ReplySummary], text: str,
+                 finish: Optional[str]) -> tuple[dict[str, Any], Optional[str]]:
+    """The assistant message of a whole reply, and its finish reason."""
+    if reply is None:
+        return {"role": "assistant", "content": text}, finish
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning:
+        message["reasoning_content"] = reply.reasoning
+    if reply.calls:
+        message["content"] = reply.content.strip() or None
+        message["tool_calls"] = message_tool_calls(reply.calls)
+        finish = "tool_calls" if finish == "stop" else finish
+    return message, finish
 
 
 def completion_response(job: Job, req: CompletionRequest, prompts_text: list[str],
                         deadline: Optional[float]) -> dict[str, Any]:
-    results = _collect_all(job, deadline)
+    results = collect_replies(job, deadline)
     want_logprobs = req.logprobs_wanted is not None
     choices = []
     for i, r in enumerate(results):
@@ -274,7 +330,7 @@ def completion_response(job: Job, req: CompletionRequest, prompts_text: list[str
                                                          len(prefix))})
     return {"id": job.response_id, "object": "text_completion", "created": job.created,
             "model": job.model, "system_fingerprint": None, "choices": choices,
-            "usage": _usage_dict(job.trace)}
+            "usage": usage_dict(job)}
 
 
 def sse(data: Union[dict[str, Any], str]) -> str:
@@ -348,15 +404,15 @@ def _stream(job: Job, deadline: Optional[float], include_usage: bool, object_nam
             for body in choices(index, delta):
                 yield chunk([body])
         if include_usage:
-            yield chunk([], _usage_dict(job.trace))
+            yield chunk([], usage_dict(job))
 
     return run_stream(job, lines(), lambda exc: sse(exc.to_dict()), sse("[DONE]"))
 
 
 def chat_stream(job: Job, req: ChatCompletionRequest, deadline: Optional[float]) -> Iterator[str]:
     want_logprobs = req.logprobs_wanted is not None
-    parsers = ({i: ToolCallParser(job.tools.names) for i in range(len(job.streams))}
-               if job.tools is not None else {})
+    parsers = ({i: job.new_parser() for i in range(len(job.streams))}
+               if job.new_parser is not None else {})
 
     def choice(index: int, delta: dict[str, Any], finish: Optional[str] = None,
                logprobs: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
@@ -370,9 +426,10 @@ def chat_stream(job: Job, req: ChatCompletionRequest, deadline: Optional[float])
                 return []
             return [choice(index, {"content": d.text} if d.text else {}, d.finish_reason,
                            d.logprobs)]
-        out = [choice(index, _tool_delta(e)) for e in parser.feed(d.text)]
+        out = [choice(index, _reply_delta(e)) for e in parser.feed(d.text, d.token_count)]
         if d.final:
-            out += [choice(index, _tool_delta(e)) for e in parser.finish()]
+            out += [choice(index, _reply_delta(e)) for e in parser.finish()]
+            job.reasoning_tokens += parser.reasoning_tokens
             finish = "tool_calls" if parser.calls and d.finish_reason == "stop" else d.finish_reason
             out.append(choice(index, {}, finish))
         if d.logprobs and want_logprobs:  # they ride on the delta's first chunk
@@ -386,7 +443,9 @@ def chat_stream(job: Job, req: ChatCompletionRequest, deadline: Optional[float])
     return _stream(job, deadline, req.include_usage, "chat.completion.chunk", choices, opening)
 
 
-def _tool_delta(event: Any) -> dict[str, Any]:
+def _reply_delta(event: ReplyEvent) -> dict[str, Any]:
+    if isinstance(event, Reasoning):
+        return {"reasoning_content": event.text}
     if isinstance(event, Content):
         return {"content": event.text}
     if isinstance(event, CallStart):

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..core.model_catalog import ModelSettings
+from ..engines.chat_template import RESERVED_TEMPLATE_VARIABLES
 
 
 MAX_CHOICES = 16  # `n`: each choice is a sequence of its own in the engine
@@ -40,6 +41,10 @@ class ChatMessage(_Lenient):
     name: Optional[str] = None
     tool_calls: Optional[list[dict[str, Any]]] = None
     tool_call_id: Optional[str] = None
+    # an earlier turn's reasoning, as this server returns it (vLLM's and llama-server's
+    # name; `reasoning` as some clients send it): the chat template decides what it keeps
+    reasoning_content: Optional[str] = Field(
+        None, validation_alias=AliasChoices("reasoning_content", "reasoning"))
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -54,7 +59,7 @@ class ChatMessage(_Lenient):
 
     def for_template(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role, "content": self.text()}
-        for key in ("name", "tool_calls", "tool_call_id"):
+        for key in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
             if getattr(self, key) is not None:
                 message[key] = getattr(self, key)
         return message
@@ -152,6 +157,28 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     response_format: Optional[ResponseFormat] = None
+    # further variables for the chat template (Qwen3's enable_thinking), as vLLM takes them
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high", "xhigh"]] = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _kwargs_not_reserved(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        taken = sorted(RESERVED_TEMPLATE_VARIABLES & set(value or {}))
+        if taken:
+            raise ValueError(f"{', '.join(taken)} cannot be set through chat_template_kwargs")
+        return value
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """The chat template's variables beyond the messages and tools.
+        `reasoning_effort` reaches it as it is (gpt-oss reads it); "none"
+        also switches thinking off where a template asks `enable_thinking`."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", self.reasoning_effort)
+            if self.reasoning_effort == "none":
+                kwargs.setdefault("enable_thinking", False)
+        return kwargs
 
     @field_validator("logprobs", mode="before")
     @classmethod

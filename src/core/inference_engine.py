@@ -230,9 +230,11 @@ class InferenceEngine(ABC):
     @abstractmethod
     def render_chat(self, messages: list[dict[str, Any]],
                     tools: Optional[list[dict[str, Any]]] = None,
-                    add_generation_prompt: bool = True) -> str:
-        """The prompt text for a chat, from the model's own chat template.
-        Raise InvalidRequestError when the model has none."""
+                    add_generation_prompt: bool = True,
+                    template_kwargs: Optional[dict[str, Any]] = None) -> str:
+        """The prompt text for a chat, from the model's own chat template;
+        `template_kwargs` are further variables for the template (Qwen3's
+        `enable_thinking`). Raise InvalidRequestError when the model has none."""
 
     # generation ------------------------------------------------------------
     @abstractmethod

@@ -16,7 +16,7 @@ import importlib.util
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -97,6 +97,8 @@ class ModelSettings(BaseModel):
     threads: Optional[int] = Field(None, ge=0)
     gpu_memory_fraction: Optional[float] = Field(None, gt=0, le=1)
     chat_template_file: Optional[str] = None
+    # how replies are split into reasoning and answer (src/api/reasoning.py)
+    reasoning_parser: Optional[Literal["auto", "think_tags", "none"]] = None
     aliases: list[str] = Field(default_factory=list)
 
 

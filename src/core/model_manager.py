@@ -65,6 +65,7 @@ class ModelLease:
         self._model = model
         self.engine: InferenceEngine = model.engine  # type: ignore[assignment]
         self.model_id = model.model_id
+        self.settings: ModelSettings = model.spec.settings
         self._released = False
 
     def release(self) -> None:

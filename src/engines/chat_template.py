@@ -39,6 +39,11 @@ def _compile(source: str):
     return env.from_string(source)
 
 
+# what the renderer itself passes: a request's template kwargs cannot replace them
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt",
+                                         "bos_token", "eos_token"})
+
+
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
         try:
@@ -65,14 +70,16 @@ class ChatTemplate:
 
 def render_or_refuse(template: Optional[ChatTemplate], model_id: str,
                      messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]],
-                     add_generation_prompt: bool) -> str:
+                     add_generation_prompt: bool,
+                     template_kwargs: Optional[dict[str, Any]] = None) -> str:
     """The chat rendered with the model's template; a clear 400 for a model without one."""
     if template is None:
         raise InvalidRequestError(
             f"Model '{model_id}' has no chat template, so it cannot serve "
             f"/v1/chat/completions. Use /v1/completions, or set CHAT_TEMPLATE.",
             param="model", code="chat_template_missing")
-    return template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+    return template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                           **(template_kwargs or {}))
 
 
 def check_token_ids(tokens: list[int], vocab_size: int, param: str) -> None:

@@ -50,9 +50,10 @@ class HFText:
         self._check_tokens(tokens, "tokens")
         return self._tokenizer.decode(tokens)
 
-    def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
+    def render_chat(self, messages, tools=None, add_generation_prompt=True,
+                    template_kwargs=None) -> str:
         return render_or_refuse(self._template, self.model_id, messages, tools,
-                                add_generation_prompt)
+                                add_generation_prompt, template_kwargs)
 
     def _check_tokens(self, tokens: list[int], param: str) -> None:
         check_token_ids(tokens, self._vocab_size, param)

@@ -261,9 +261,10 @@ class LlamaCppEngine(InferenceEngine):
         self._check_tokens(tokens, "tokens")
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 
-    def render_chat(self, messages, tools=None, add_generation_prompt=True) -> str:
+    def render_chat(self, messages, tools=None, add_generation_prompt=True,
+                    template_kwargs=None) -> str:
         prompt = render_or_refuse(self._template, self.model_id, messages, tools,
-                                  add_generation_prompt)
+                                  add_generation_prompt, template_kwargs)
         # tokenize() adds BOS itself where the model wants one: don't add it twice
         if self._add_bos and self._bos_text and prompt.startswith(self._bos_text):
             prompt = prompt[len(self._bos_text):]

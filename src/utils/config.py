@@ -61,6 +61,10 @@ class Settings(BaseModel):
     max_concurrent_requests: int = Field(100, ge=1)
     request_timeout: float = Field(300.0, gt=0)
 
+    # Stored responses (the Responses API's `store`): a SQLite file under DATA_DIR
+    data_dir: Path = Path("./data")
+    response_store_retention_days: float = Field(30.0, ge=0)  # 0: keep them forever
+
     # Access: keys, rate limits, input limits (docs/operations.md)
     api_keys: str = ""  # comma-separated user keys; with none (and no file) the API is open
     api_keys_file: Optional[Path] = None  # one key a line ('#' comments); reread on SIGHUP
@@ -163,6 +167,10 @@ class Settings(BaseModel):
     @property
     def config_path(self) -> Path:
         return self.resolve(self.config_dir)
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
 
     @property
     def logs_path(self) -> Path:

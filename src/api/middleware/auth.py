@@ -38,6 +38,13 @@ def fingerprint(key: str) -> str:
     return "key:" + _digest(key).hex()[:10]
 
 
+def key_owner() -> str:
+    """Whose stored data a request may see: its API key's fingerprint, or ""
+    when it presented no valid key (the service runs without keys)."""
+    client = g.get("client", "")
+    return client if client.startswith("key:") else ""
+
+
 def admin_only(view: Callable) -> Callable:
     """Mark a management route: with ADMIN_API_KEY set, only that key may call it."""
     view.admin_only = True  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """The original framework's custom protocol: `POST /generate` with a prompt,
 system instructions and the earlier turns as two lists (inputs and outputs,
 paired), plus any chat sampling field. The answer is a chat completion with
-the reply's text also at the top level (`text`, `finish_reason`); streams
-send chat completion chunks."""
+the reply's text also at the top level (`text`, `reasoning_content`,
+`finish_reason`); streams send chat completion chunks."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -52,4 +52,5 @@ def generate():
     reply = chat_response(job, chat, deadline)
     first = reply["choices"][0]
     return jsonify({**reply, "object": "generation", "text": first["message"]["content"],
+                    "reasoning_content": first["message"].get("reasoning_content"),
                     "finish_reason": first["finish_reason"]})

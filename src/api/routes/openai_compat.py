@@ -90,13 +90,14 @@ def _cap_output(req: Any) -> Any:
     return req
 
 
-def start_chat_job(req: ChatCompletionRequest, endpoint: str) -> tuple[Job, float]:
+def start_chat_job(req: ChatCompletionRequest, endpoint: str,
+                   truncate: bool = False) -> tuple[Job, float]:
     """A chat request under way on its model (the default one when it names
     none), and its deadline: what every chat-shaped route starts from."""
     _cap_output(_with_model(req))
     lease = manager().acquire(req.model, _timeout())
     deadline = time.monotonic() + _timeout()
-    return start_chat(lease, req, _caller(lease.model_id, endpoint, req)), deadline
+    return start_chat(lease, req, _caller(lease.model_id, endpoint, req), truncate), deadline
 
 
 @bp.post("/v1/chat/completions")

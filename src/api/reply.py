@@ -1,0 +1,72 @@
+"""A reply read as it is generated: its reasoning, its answer text and its
+tool calls, as events every protocol face turns into its own wire format
+(chat completion deltas, Responses API items, /generate's fields)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .reasoning import ReasoningParser
+from .tool_calls import Arguments, CallStart, Content, ToolCallParser, ToolSetup
+
+
+@dataclass
+class Reasoning:
+    text: str
+
+
+ReplyEvent = Union[Reasoning, Content, CallStart, Arguments]
+
+
+class ReplyParser:
+    """feed(text, tokens) -> events; the reasoning first, then the answer,
+    whose text is read for tool calls when tools may be called."""
+
+    def __init__(self, reasoning: Optional[ReasoningParser], tools: Optional[ToolSetup]):
+        self._reasoning = reasoning
+        self._tools = ToolCallParser(tools.names) if tools is not None else None
+        self.reasoning_tokens = 0
+
+    @property
+    def calls(self) -> list[dict]:
+        return self._tools.calls if self._tools is not None else []
+
+    def feed(self, text: str, tokens: int = 0) -> list[ReplyEvent]:
+        if self._reasoning is None:
+            return self._answer(text)
+        if self._reasoning.reasoning:  # a token that closes the reasoning still counts to it
+            self.reasoning_tokens += tokens
+        thought, answer = self._reasoning.feed(text)
+        return self._thought(thought) + self._answer(answer)
+
+    def finish(self) -> list[ReplyEvent]:
+        events: list[ReplyEvent] = []
+        if self._reasoning is not None:
+            thought, answer = self._reasoning.finish()
+            events = self._thought(thought) + self._answer(answer)
+        if self._tools is not None:
+            events += self._tools.finish()
+        return events
+
+    @staticmethod
+    def _thought(text: str) -> list[ReplyEvent]:
+        return [Reasoning(text)] if text else []
+
+    def _answer(self, text: str) -> list[ReplyEvent]:
+        if self._tools is not None:
+            return list(self._tools.feed(text))
+        return [Content(text)] if text else []
+
+
+@dataclass
+class ReplySummary:
+    """A whole reply, from its events."""
+
+    reasoning: str = ""
+    content: str = ""
+    calls: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, events: list[ReplyEvent], calls: list[dict]) -> "ReplySummary":
+        return cls("".join(e.text for e in events if isinstance(e, Reasoning)),
+                   "".join(e.text for e in events if isinstance(e, Content)), list(calls))
