@@ -166,6 +166,30 @@ def test_the_playground_streams_a_reply(browser, server):
     page.context.close()
 
 
+def test_the_playground_folds_the_thinking(browser, scripted_server):
+    from tests.scripted_model import THINK_ANSWER, THINK_REASONING
+
+    page, errors = open_console(browser, scripted_server.url, key=None, hash_="#playground")
+    page.locator('#pg-model option[value="scripted-think"]').wait_for(state="attached",
+                                                                       timeout=10_000)
+    page.select_option("#pg-model", "scripted-think")
+    page.fill("#pg-input", "What is 17 × 23?")
+    page.click("#pg-send")
+    page.wait_for_function("document.getElementById('pg-stats').textContent.includes('token/s')",
+                           timeout=30_000)
+    reply = page.locator("#pg-messages .msg.assistant").last
+    assert reply.get_attribute("data-reasoning-chars") == str(len(THINK_REASONING))
+    thinking = reply.locator("details.thinking")
+    assert thinking.is_visible() and thinking.get_attribute("open") is None  # folded
+    assert not reply.locator(".thinking-text").is_visible()
+    assert reply.locator(".answer").text_content() == THINK_ANSWER
+    reply.locator("details.thinking summary").click()
+    assert reply.locator(".thinking-text").text_content() == THINK_REASONING
+    shot(page, "playground-thinking")
+    assert not errors
+    page.context.close()
+
+
 def test_logs_filter_by_request_id_and_the_english_toggle(browser, server):
     requests.get(f"{server.url}/v1/models", timeout=5,
                  headers={"Authorization": f"Bearer {USER}", "X-Request-ID": "console-log-0001"})

@@ -112,7 +112,7 @@ def test_context_overflow_names_the_context(exposed):
     ("/v1/responses", {"input": ["hi"]}, "input.0"),
     ("/v1/responses", {"input": [{"content": "hi"}]}, "input.0.role"),
     ("/v1/responses", {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
-     "input.0"),
+     "input.0.content.0"),
     # a field of several shapes: the error is about the shape sent, not the first one tried
     ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"text": 1}]}]},
      "messages.0.content.0.type"),

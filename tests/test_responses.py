@@ -118,6 +118,18 @@ def test_sdk_function_tools_and_parallel_calls(scripted_server):
                                      previous_response_id=resp.id)
     assert answer.output_text == "Sunny in both."
     assert answer.previous_response_id == resp.id
+    # one call at most: parallel_tool_calls false, or max_tool_calls 1 (chat alike)
+    for limit in ({"parallel_tool_calls": False}, {"max_tool_calls": 1}):
+        single = client.responses.create(model="scripted-parallel", input="Weather?",
+                                         tools=[weather], **limit)
+        assert [json.loads(i.arguments)["city"] for i in single.output
+                if i.type == "function_call"] == ["Paris"]
+    chat = client.chat.completions.create(
+        model="scripted-parallel", messages=[{"role": "user", "content": "Weather?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather",
+                                                 "parameters": weather["parameters"]}}],
+        parallel_tool_calls=False)
+    assert len(chat.choices[0].message.tool_calls) == 1
     # tool_choice none: the tools are not offered, the reply stays text
     text_only = client.responses.create(model="scripted-parallel", input="hi", tools=[weather],
                                         tool_choice="none")
@@ -187,18 +199,18 @@ def test_truncation_auto_drops_the_oldest_turns(scripted_server):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
+    ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools.0.type"),
     ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
-    ({"include": ["everything"]}, "include[0]"),
+    ({"include": ["everything"]}, "include.0"),
     ({"background": True}, "background"),
     ({"conversation": "conv_1"}, "conversation"),
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-    ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type"),
+    ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input.0.type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-     "input[0].content[0]"),
-    ({"input": [{"type": "function_call_output", "output": "1"}]}, "input[0].call_id"),
+     "input.0.content.0"),
+    ({"input": [{"type": "function_call_output", "output": "1"}]}, "input.0.call_id"),
     ({"truncation": "sometimes"}, "truncation"),
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"text": {"format": {"type": "json_schema"}}}, "text.format"),

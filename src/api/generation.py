@@ -149,7 +149,8 @@ def start_chat(lease: ModelLease, req: ChatCompletionRequest, caller: Caller,
 
     def tokens(engine: InferenceEngine) -> list[list[int]]:
         nonlocal setup, prompt
-        setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls)
+        setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls,
+                           req.max_tool_calls)
         if setup and setup.call_schema() and req.json_schema:
             raise InvalidRequestError("response_format cannot be combined with a required or "
                                       "named tool_choice.", param="response_format")

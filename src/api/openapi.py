@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from .routes.custom_protocol import GenerateRequest
-from .routes.responses import ResponsesRequest
+from .responses_protocol import ResponsesRequest
 from .schemas import (ChatCompletionRequest, ClusterRestartRequest, ClusterScaleRequest,
                       ClusterStrategyRequest, ClusterUpstreamRequest, CompletionRequest,
                       DetokenizeRequest, EmbeddingRequest, LoadModelRequest, TokenizeRequest)

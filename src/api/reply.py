@@ -25,11 +25,13 @@ class ReplyParser:
     def __init__(self, reasoning: Optional[ReasoningParser], tools: Optional[ToolSetup]):
         self._reasoning = reasoning
         self._tools = ToolCallParser(tools.names) if tools is not None else None
+        self._max_calls = tools.max_calls if tools is not None else None
         self.reasoning_tokens = 0
 
     @property
     def calls(self) -> list[dict]:
-        return self._tools.calls if self._tools is not None else []
+        calls = self._tools.calls if self._tools is not None else []
+        return calls[:self._max_calls] if self._max_calls else calls
 
     def feed(self, text: str, tokens: int = 0) -> list[ReplyEvent]:
         if self._reasoning is None:
@@ -45,7 +47,7 @@ class ReplyParser:
             thought, answer = self._reasoning.finish()
             events = self._thought(thought) + self._answer(answer)
         if self._tools is not None:
-            events += self._tools.finish()
+            events += self._allowed(self._tools.finish())
         return events
 
     @staticmethod
@@ -54,8 +56,15 @@ class ReplyParser:
 
     def _answer(self, text: str) -> list[ReplyEvent]:
         if self._tools is not None:
-            return list(self._tools.feed(text))
+            return self._allowed(self._tools.feed(text))
         return [Content(text)] if text else []
+
+    def _allowed(self, events: list) -> list[ReplyEvent]:
+        """Events of calls past the limit left out (parallel_tool_calls false: one call)."""
+        if not self._max_calls:
+            return list(events)
+        return [e for e in events
+                if not isinstance(e, (CallStart, Arguments)) or e.index < self._max_calls]
 
 
 @dataclass

@@ -137,9 +137,9 @@ class ResponsesRequest(_Lenient):
                     param=name)
         for i, value in enumerate(self.include):
             if value not in INCLUDE_VALUES:
-                raise InvalidRequestError(f"include[{i}] '{value}' is not one of: "
+                raise InvalidRequestError(f"include.{i} '{value}' is not one of: "
                                           f"{', '.join(sorted(INCLUDE_VALUES))}.",
-                                          param=f"include[{i}]")
+                                          param=f"include.{i}")
         return self
 
     # tools ----------------------------------------------------------------------------
@@ -152,11 +152,11 @@ class ResponsesRequest(_Lenient):
                 raise UnsupportedFeatureError(
                     f"Tools of type '{kind}' are built into OpenAI's platform and not available "
                     f"on this server; only tools of type 'function' are served.",
-                    param=f"tools[{i}].type")
+                    param=f"tools.{i}.type")
             name = tool.get("name")
             if not isinstance(name, str) or not name:
                 raise InvalidRequestError("A function tool needs a 'name'.",
-                                          param=f"tools[{i}].name")
+                                          param=f"tools.{i}.name")
             function = {"name": name, "parameters": tool.get("parameters") or {"type": "object"}}
             if tool.get("description"):
                 function["description"] = tool["description"]
@@ -212,10 +212,10 @@ def _text_of(parts: Any, param: str) -> str:
         if kind not in TEXT_PART_TYPES:
             raise UnsupportedFeatureError(
                 f"Content parts of type '{kind}' are not supported by this server; send text "
-                f"(input_text).", param=f"{param}[{j}]")
+                f"(input_text).", param=f"{param}.{j}")
         if not isinstance(part.get("text"), str):
             raise InvalidRequestError("A text part needs 'text', a string.",
-                                      param=f"{param}[{j}].text")
+                                      param=f"{param}.{j}.text")
         texts.append(part["text"])
     return "".join(texts)
 
@@ -229,13 +229,16 @@ def _string(item: dict[str, Any], key: str, param: str) -> str:
 
 
 def normalise_item(item: Any, index: int) -> dict[str, Any]:
-    param = f"input[{index}]"
+    param = f"input.{index}"
     if not isinstance(item, dict):
         raise InvalidRequestError("Each input item must be an object.", param=param)
-    kind = item.get("type") or ("message" if "role" in item else None)
+    kind = item.get("type", "message")  # a message may leave its type out
     item_id = item.get("id") if isinstance(item.get("id"), str) else None
     if kind == "message":
         role = item.get("role")
+        if role is None:
+            raise InvalidRequestError(f"Missing required parameter: '{param}.role'.",
+                                      param=f"{param}.role")
         if role not in ("user", "assistant", "system", "developer"):
             raise InvalidRequestError("A message's role must be user, assistant, system or "
                                       "developer.", param=f"{param}.role")

@@ -154,6 +154,7 @@ class ChatCompletionRequest(_SamplingFields):
     tools: Optional[list[dict[str, Any]]] = Field(None, max_length=MAX_TOOLS)
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     parallel_tool_calls: Optional[bool] = None
+    max_tool_calls: Optional[int] = Field(None, ge=1)  # the Responses API's; an extension here
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     response_format: Optional[ResponseFormat] = None

@@ -34,6 +34,7 @@ class ToolSetup:
     tools: list[dict[str, Any]]
     choice: str  # "auto" | "required" | the name of the one function to call
     parallel: bool
+    max_calls: Optional[int] = None  # calls past it are dropped; 1 without parallel calls
 
     @property
     def names(self) -> set[str]:
@@ -59,7 +60,7 @@ class ToolSetup:
 
 
 def tool_setup(tools: Optional[list[dict[str, Any]]], tool_choice: Any,
-               parallel: Optional[bool]) -> Optional[ToolSetup]:
+               parallel: Optional[bool], max_calls: Optional[int] = None) -> Optional[ToolSetup]:
     """The request's tools checked, or None when no tool may be called."""
     if not tools:
         if tool_choice not in (None, "none", "auto"):
@@ -88,7 +89,8 @@ def tool_setup(tools: Optional[list[dict[str, Any]]], tool_choice: Any,
     elif choice not in ("auto", "required"):
         raise InvalidRequestError("tool_choice must be none, auto, required, or a function.",
                                   param="tool_choice")
-    setup = ToolSetup(list(tools), choice, parallel is not False)
+    setup = ToolSetup(list(tools), choice, parallel is not False,
+                      max_calls if parallel is not False else 1)
     if choice not in ("auto", "required") and choice not in setup.names:
         raise InvalidRequestError(f"tool_choice names '{choice}', which is not among the tools.",
                                   param="tool_choice")

@@ -53,7 +53,7 @@ class _Turn:
         body: dict[str, Any] = {
             "model": req.model, "stream": req.stream, "max_tokens": req.max_output_tokens,
             "messages": chat_messages(self.conversation, req.instructions),
-            "parallel_tool_calls": req.parallel_tool_calls,
+            "parallel_tool_calls": req.parallel_tool_calls, "max_tool_calls": req.max_tool_calls,
             "response_format": req.text.format.response_format()}
         if tools:
             body["tools"], body["tool_choice"] = tools, choice

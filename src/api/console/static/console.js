@@ -19,7 +19,7 @@ const TEXT = {
     "pg.snippets": "用代码发送同一个请求", "pg.copy": "复制", "pg.copied": "已复制",
     "pg.clients": "在 n8n 的 OpenAI 凭据中把 Base URL 设为 {base}；在 Dify 中添加“OpenAI-API-compatible”模型供应商，API endpoint 填 {base}；LangChain 的 ChatOpenAI 使用 base_url=\"{base}\"。",
     "pg.stats": "{tps} token/s · 提示词 {prompt} · 输出 {completion} · 合计 {total} token · 首 token {ttft} ms",
-    "pg.streaming": "生成中… {count} 块", "cluster.strategy": "分发策略", "cluster.apply": "切换",
+    "pg.streaming": "生成中… {count} 块", "pg.thinking": "思考过程（{count} 字）", "cluster.strategy": "分发策略", "cluster.apply": "切换",
     "cluster.up": "扩容 1 个", "cluster.down": "缩容 1 个", "cluster.instance": "实例", "cluster.connections": "连接",
     "cluster.requests": "请求", "cluster.failures": "失败", "cluster.latency": "平均响应（ms）",
     "cluster.memory": "内存（MB）", "cluster.restart": "重启", "logs.file": "文件", "logs.level": "级别",
@@ -45,7 +45,7 @@ const TEXT = {
     "pg.snippets": "The same request from code", "pg.copy": "Copy", "pg.copied": "Copied",
     "pg.clients": "n8n: set the OpenAI credential's Base URL to {base}. Dify: add an \"OpenAI-API-compatible\" model provider with API endpoint {base}. LangChain: ChatOpenAI(base_url=\"{base}\").",
     "pg.stats": "{tps} tokens/s · prompt {prompt} · completion {completion} · total {total} tokens · first token {ttft} ms",
-    "pg.streaming": "generating… {count} chunks", "cluster.strategy": "Strategy", "cluster.apply": "Switch",
+    "pg.streaming": "generating… {count} chunks", "pg.thinking": "Thinking ({count} characters)", "cluster.strategy": "Strategy", "cluster.apply": "Switch",
     "cluster.up": "Scale up 1", "cluster.down": "Scale down 1", "cluster.instance": "Instance",
     "cluster.connections": "Connections", "cluster.requests": "Requests", "cluster.failures": "Failures",
     "cluster.latency": "Avg response (ms)", "cluster.memory": "Memory (MB)", "cluster.restart": "Restart",
@@ -358,6 +358,30 @@ function updateSnippets(request) {
     `for chunk in stream:\n    if chunk.choices:\n        print(chunk.choices[0].delta.content or "", end="", flush=True)\n`;
 }
 
+// an assistant reply: its reasoning folded away above the answer
+function addReply() {
+  const div = addMessage("assistant", "");
+  const thinking = document.createElement("details");
+  thinking.className = "thinking";
+  thinking.hidden = true;
+  const summary = document.createElement("summary");
+  const thought = document.createElement("div");
+  thought.className = "thinking-text";
+  thinking.append(summary, thought);
+  const answer = document.createElement("div");
+  answer.className = "answer";
+  div.append(thinking, answer);
+  return {
+    div, answer,
+    think(text) {
+      thinking.hidden = false;
+      thought.textContent = text;
+      summary.textContent = t("pg.thinking", { count: text.length });
+      div.dataset.reasoningChars = String(text.length);
+    },
+  };
+}
+
 function addMessage(role, text) {
   const div = document.createElement("div");
   div.className = `msg ${role}`;
@@ -375,12 +399,12 @@ async function send() {
   conversation.push({ role: "user", content: text });
   addMessage("user", text);
   $("pg-input").value = "";
-  const reply = addMessage("assistant", "");
+  const reply = addReply();
   controller = new AbortController();
   $("pg-send").disabled = true;
   $("pg-stop").disabled = false;
   const started = performance.now();
-  let firstAt = null, chunks = 0, usage = null, content = "";
+  let firstAt = null, chunks = 0, usage = null, content = "", reasoning = "";
   try {
     const response = await fetch(`${BASE}/chat/completions`, {
       method: "POST", body: JSON.stringify(request), signal: controller.signal,
@@ -407,10 +431,14 @@ async function send() {
           if (data.error) throw new Error(data.error.message);
           if (data.usage) usage = data.usage;
           const delta = data.choices && data.choices[0] && data.choices[0].delta;
-          if (delta && delta.content) {
+          if (delta && (delta.content || delta.reasoning_content)) {
             if (firstAt === null) firstAt = performance.now();
-            content += delta.content;
-            reply.textContent = content;
+            if (delta.reasoning_content) {
+              reasoning += delta.reasoning_content;
+              reply.think(reasoning);
+            }
+            content += delta.content || "";
+            reply.answer.textContent = content;
             chunks += 1;
             $("pg-stats").textContent = t("pg.streaming", { count: chunks });
             $("pg-messages").scrollTop = $("pg-messages").scrollHeight;
@@ -418,7 +446,9 @@ async function send() {
         }
       }
     }
-    conversation.push({ role: "assistant", content });
+    // the earlier reasoning goes back too: the model's template decides what it keeps
+    conversation.push(reasoning ? { role: "assistant", content, reasoning_content: reasoning }
+      : { role: "assistant", content });
     if (usage) {
       const seconds = (performance.now() - (firstAt || started)) / 1000;
       const tps = usage.completion_tokens > 1 && seconds > 0 ? (usage.completion_tokens - 1) / seconds : 0;
@@ -429,8 +459,8 @@ async function send() {
     }
   } catch (err) {
     if (err.name !== "AbortError") {
-      reply.classList.add("error");
-      reply.textContent = `${content}\n[${err.message}]`;
+      reply.div.classList.add("error");
+      reply.answer.textContent = `${content}\n[${err.message}]`;
     } else if (content) {
       conversation.push({ role: "assistant", content });
     }
