@@ -29,7 +29,7 @@ from typing import Union
 
 import numpy as np
 
-from tests.tiny_model import MERGES, SPECIAL_TOKENS, _byte_symbols
+from tests.tiny_model import _byte_symbols, add_vocabulary, base_vocabulary
 
 OUTPUT_GAIN = 10.0
 DEFAULT_CUE = "\n"
@@ -85,9 +85,7 @@ def write_scripted_model(path: Path, scripts: dict[str, list[Piece]],
 
     if DEFAULT_CUE not in scripts:
         raise ValueError("scripts need the default cue '\\n'")
-    tokens = _byte_symbols() + [m.replace(" ", "") for m in MERGES] + SPECIAL_TOKENS
-    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS)) \
-        + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    tokens, types = base_vocabulary(gguf)
     eos = tokens.index("<|im_end|>")
     cue_ids: dict[str, int] = {DEFAULT_CUE: _byte_symbols().index(_as_vocab_text(DEFAULT_CUE))}
     for cue in scripts:
@@ -127,14 +125,7 @@ def write_scripted_model(path: Path, scripts: dict[str, list[Piece]],
     writer.add_rope_dimension_count(n_embd)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(MERGES)
-    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
-    writer.add_eos_token_id(eos)
-    writer.add_add_bos_token(False)
+    add_vocabulary(writer, tokens, types)
     writer.add_chat_template(chat_template)
 
     embeddings = np.zeros((n_vocab, n_embd), dtype=np.float32)

@@ -34,14 +34,32 @@ def _byte_symbols() -> list[str]:
     return [chr(chars[b]) for b in range(256)]
 
 
+def base_vocabulary(gguf) -> tuple[list[str], list]:
+    """The 256 byte tokens, the merges and the ChatML special tokens, with their types."""
+    tokens = _byte_symbols() + [m.replace(" ", "") for m in MERGES] + SPECIAL_TOKENS
+    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS)) \
+        + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    return tokens, types
+
+
+def add_vocabulary(writer, tokens: list[str], types: list) -> None:
+    """A byte-level GPT-2 tokenizer: BOS <|endoftext|> (not added), EOS <|im_end|>."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(MERGES)
+    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
+    writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_add_bos_token(False)
+
+
 def write_tiny_model(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                      n_head_kv: int = 2, n_ff: int = 128, seed: int = 1234,
                      chat_template: bool = True) -> Path:
     import gguf
 
-    tokens = _byte_symbols() + [m.replace(" ", "") for m in MERGES] + SPECIAL_TOKENS
-    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS)) \
-        + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    tokens, types = base_vocabulary(gguf)
     n_vocab = len(tokens)
     head_dim = n_embd // n_head
 
@@ -56,14 +74,7 @@ def write_tiny_model(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: 
     writer.add_rope_dimension_count(head_dim)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(MERGES)
-    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
-    writer.add_eos_token_id(tokens.index("<|im_end|>"))
-    writer.add_add_bos_token(False)
+    add_vocabulary(writer, tokens, types)
     if chat_template:
         writer.add_chat_template(CHATML_TEMPLATE)
 

@@ -119,3 +119,15 @@ def _path_in(data: Any, err: dict[str, Any]) -> list[Union[str, int]]:
             continue
         path.append(key)
     return path
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high], or a 400 that says so."""
+    try:
+        value = int(request.args.get(name, str(default)))
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be a whole number from {low} to {high}.",
+                                  param=name)
+    return value

@@ -15,7 +15,7 @@ from ...core.response_store import ResponseStore
 from ..generation import Job, collect_replies, job_deltas, run_stream, usage_dict
 from ..middleware.auth import key_owner
 from ..reply import Reasoning, ReplySummary
-from ..request_parsing import parse_body, validate_as
+from ..request_parsing import parse_body, query_int, validate_as
 from ..responses_protocol import (INCLUDE_LOGPROBS, ResponsesRequest, chat_messages,
                                   function_call_item, message_output, new_id, output_items,
                                   output_logprobs, reasoning_item)
@@ -158,12 +158,7 @@ def list_input_items(response_id: str):
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequestError("order must be 'asc' or 'desc'.", param="order")
-    try:
-        limit = int(request.args.get("limit", "20"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise InvalidRequestError("limit must be an integer from 1 to 100.", param="limit")
+    limit = query_int("limit", 20, 1, 100)
     if order == "desc":
         items.reverse()
     for cursor, keep_after in (("after", True), ("before", False)):

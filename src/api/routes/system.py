@@ -15,6 +15,7 @@ from ...core.model_manager import ModelManager
 from ...utils.logger import LOG_FILES, recent_logs
 from ...utils.metrics import ServiceMetrics, system_figures
 from ..middleware.auth import admin_only, open_access_warning
+from ..request_parsing import query_int
 
 bp = Blueprint("system", __name__)
 PROBE_TIMEOUT = 30.0  # seconds one model may take to answer the health probe
@@ -118,12 +119,7 @@ def openapi_document():
 @bp.get("/v1/logs/recent")
 @admin_only
 def logs_recent():
-    try:
-        limit = int(request.args.get("limit", "100"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 1000:
-        raise InvalidRequestError("limit must be a whole number from 1 to 1000.", param="limit")
+    limit = query_int("limit", 100, 1, 1000)
     level = request.args.get("level")
     if level is not None and level.upper() not in _LOG_LEVELS:
         raise InvalidRequestError(f"level must be one of {', '.join(_LOG_LEVELS)}.",
