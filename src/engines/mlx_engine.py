@@ -122,8 +122,15 @@ class MLXEngine(HFText, InferenceEngine):
     # the model's thread ------------------------------------------------------
     def _run(self) -> None:
         try:
+            import mlx.core as mx
             from mlx_lm import load  # imported here: MLX state is per thread
 
+            if mx.default_device() == mx.cpu:
+                # MLX's CPU backend compiles fused kernels by running g++ through popen();
+                # the gevent worker reaps its children on SIGCHLD, so pclose() may find the
+                # compiler gone and the generation fails ("pclose() failed", seen in the
+                # suite). Uncompiled graphs give the same results; Metal is unaffected.
+                mx.disable_compile()
             self.report_progress(0.05, "reading weights")
             model, tokenizer = load(self._path)
             self.report_progress(0.9, "preparing the tokenizer")
