@@ -258,3 +258,28 @@ def test_stored_responses_belong_to_their_key_and_outlive_a_restart(tmp_path):
             server.client(api_key="key-bob").responses.retrieve(made.id)
     finally:
         stop_server(server)
+
+
+def test_langchain_agent_loop_on_the_responses_api(scripted_server):
+    """What n8n's agent does underneath (LangChain's ChatOpenAI with the
+    Responses API): a tool call, the tool's answer sent back, the final text."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def Calculator(input: str) -> str:  # noqa: N802 - the tool's name as n8n gives it
+        """Useful for getting the result of a math expression."""
+        return "391"
+
+    for streaming in (False, True):
+        llm = ChatOpenAI(base_url=scripted_server.base_url, api_key="lc", model="scripted-agent",
+                         use_responses_api=True, temperature=0, max_retries=0,
+                         streaming=streaming).bind_tools([Calculator])
+        history = [HumanMessage("What is 17 multiplied by 23? Use the calculator tool.")]
+        asked = llm.invoke(history)
+        (call,) = asked.tool_calls
+        assert call["name"] == "Calculator" and call["args"] == {"input": "17*23"}
+        history += [asked, ToolMessage(Calculator.invoke(call["args"]), tool_call_id=call["id"])]
+        answer = llm.invoke(history)
+        assert not answer.tool_calls and answer.text == "17 × 23 = 391."

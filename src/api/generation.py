@@ -17,7 +17,8 @@ from .reasoning import reasoning_parser_for
 from .reply import Reasoning, ReplyEvent, ReplyParser, ReplySummary
 from .request_trace import RequestTrace
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
-from .tool_calls import CallStart, Content, ToolSetup, message_tool_calls, prompt_messages, tool_setup
+from .tool_calls import (CallStart, Content, ToolSetup, message_tool_calls, prompt_messages,
+                         tool_setup)
 
 KEEPALIVE_INTERVAL = 15.0  # seconds of silence before an SSE comment line
 DISCONNECT_CHECK_INTERVAL = 0.1  # how often a waiting request checks its client
@@ -49,7 +50,6 @@ class Job:
     response_id: str
     model: str
     caller: Caller
-    tools: Optional[ToolSetup] = None  # chat with tools that may be called
     settle: Settle = lambda used: None
     created: int = field(default_factory=lambda: int(time.time()))
     # a chat's reply parser, one per choice: reasoning and tool calls; None: plain text
@@ -95,7 +95,7 @@ def _check_capabilities(engine: InferenceEngine, req: Any,
 
 def _submit(lease: ModelLease, prompts: list[list[int]], req: Any, response_id: str,
             caller: Caller, tools: Optional[ToolSetup] = None) -> Job:
-    job = Job(lease, [], response_id, req.model, caller, tools)
+    job = Job(lease, [], response_id, req.model, caller)
     # a required or named tool call is a JSON reply of a known shape
     json_schema = (tools.call_schema() if tools else None) or req.json_schema
     try:

@@ -74,7 +74,8 @@ class ReasoningParser:
             at = self._buf.find(THINK_END)
             if at < 0:
                 keep = _held_back(self._buf, THINK_END)
-                ready, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+                cut = len(self._buf) - keep
+                ready, self._buf = self._buf[:cut], self._buf[cut:]
                 # trailing whitespace waits: it is dropped when the reasoning ends there
                 body = ready.rstrip()
                 self._buf = ready[len(body):] + self._buf

@@ -95,7 +95,7 @@ class _Turn:
             body["usage"] = {
                 "input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
                 "total_tokens": usage["total_tokens"],
-                "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
+                "input_tokens_details": usage["prompt_tokens_details"],
                 "output_tokens_details": {"reasoning_tokens": job.reasoning_tokens}}
         return body
 
