@@ -24,6 +24,7 @@ the others, from the cues and from the 256 single bytes.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Union
 
@@ -174,15 +175,16 @@ PARALLEL_REPLY: list[Piece] = [
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>']
 R1_REPLY: list[Piece] = ["\nCounting", " letters.", "\n</think>\n\n", "Three."]
 UNOPENED_REPLY: list[Piece] = ["I reason ", "here.", "</think>", "The answer."]
+THINK_SCRIPTS: dict[str, list[Piece]] = {
+    DEFAULT_CUE: THINK_REPLY, "</think>": NO_THINK_REPLY,
+    "<|tool_result|>": ["The tool ", "says 391."]}
 
 
 def write_test_models(folder: Path) -> Path:
     """The scripted models, as GGUF files in `folder` (their ids are the file stems)."""
     from tests.tiny_model import CHATML_TEMPLATE
 
-    write_scripted_model(folder / "scripted-think.gguf", {
-        DEFAULT_CUE: THINK_REPLY, "</think>": NO_THINK_REPLY,
-        "<|tool_result|>": ["The tool ", "says 391."]})
+    write_scripted_model(folder / "scripted-think.gguf", THINK_SCRIPTS)
     write_scripted_model(folder / "scripted-agent.gguf", {
         DEFAULT_CUE: AGENT_REPLY, "<|tool_result|>": AGENT_AFTER_TOOL})
     write_scripted_model(folder / "scripted-parallel.gguf", {
@@ -193,3 +195,79 @@ def write_test_models(folder: Path) -> Path:
     write_scripted_model(folder / "scripted-unopened.gguf", {DEFAULT_CUE: UNOPENED_REPLY},
                          chat_template=CHATML_TEMPLATE)
     return folder
+
+
+def write_scripted_hf_model(folder: Path, scripts: dict[str, list[Piece]],
+                            chat_template: str = SCRIPTED_TEMPLATE) -> Path:
+    """The same scripted model in Hugging Face layout, for the MLX and vLLM
+    engines: a byte-level BPE vocabulary whose pieces are plain entries
+    (no merge produces them), cues as added tokens the tokenizer reads whole,
+    and a one-block Llama with one-hot embeddings and zero attention and MLP.
+    Heads of 32 dimensions, which vLLM's CPU attention accepts."""
+    from safetensors.numpy import save_file
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    if DEFAULT_CUE not in scripts:
+        raise ValueError("scripts need the default cue '\\n'")
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = _byte_symbols() + ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    cues = [cue for cue in scripts if cue != DEFAULT_CUE]
+    tokens += cues
+    chains: dict[str, list[int]] = {}
+    for cue, pieces in scripts.items():
+        chains[cue] = []
+        for piece in pieces:
+            text = _as_vocab_text(piece)
+            if text in tokens:
+                raise ValueError(f"piece {piece!r} is already a token")
+            chains[cue].append(len(tokens))
+            tokens.append(text)
+    vocab = {text: i for i, text in enumerate(tokens)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer.add_tokens([AddedToken(cue, special=False, normalized=False) for cue in cues])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    eos = vocab["<|im_end|>"]
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": chat_template,
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "unk_token": None, "model_max_length": 4096, "add_bos_token": False}))
+
+    n_vocab = len(tokens)
+    hidden = -(-n_vocab // 32) * 32
+    heads, ffn = hidden // 32, 64
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": ffn, "num_hidden_layers": 1, "num_attention_heads": heads,
+        "num_key_value_heads": heads, "head_dim": 32, "vocab_size": n_vocab,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "tie_word_embeddings": False, "eos_token_id": eos, "bos_token_id": None,
+        "torch_dtype": "float32", "hidden_act": "silu"}))
+    successor = np.full(n_vocab, chains[DEFAULT_CUE][0] if chains[DEFAULT_CUE] else eos)
+    cue_ids = {DEFAULT_CUE: vocab[_as_vocab_text(DEFAULT_CUE)], **{c: vocab[c] for c in cues}}
+    for cue, chain in chains.items():
+        path_ids = [cue_ids[cue]] + chain + [eos]
+        for current, following in zip(path_ids, path_ids[1:]):
+            successor[current] = following
+    embeddings = np.zeros((n_vocab, hidden), np.float32)
+    embeddings[np.arange(n_vocab), np.arange(n_vocab)] = 1.0
+    head = np.zeros((n_vocab, hidden), np.float32)
+    head[successor, np.arange(n_vocab)] = OUTPUT_GAIN
+    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    p = "model.layers.0."
+    save_file({"model.embed_tokens.weight": embeddings, "lm_head.weight": head,
+               "model.norm.weight": np.ones(hidden, np.float32),
+               p + "input_layernorm.weight": np.ones(hidden, np.float32),
+               p + "post_attention_layernorm.weight": np.ones(hidden, np.float32),
+               p + "self_attn.q_proj.weight": zeros(hidden, hidden),
+               p + "self_attn.k_proj.weight": zeros(hidden, hidden),
+               p + "self_attn.v_proj.weight": zeros(hidden, hidden),
+               p + "self_attn.o_proj.weight": zeros(hidden, hidden),
+               p + "mlp.gate_proj.weight": zeros(ffn, hidden),
+               p + "mlp.up_proj.weight": zeros(ffn, hidden),
+               p + "mlp.down_proj.weight": zeros(hidden, ffn)},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+

@@ -154,3 +154,44 @@ def test_a_repeated_prompt_reuses_its_cache(served):
     assert again.choices[0].text == first.choices[0].text  # the cache changes nothing
     cached = again.usage.prompt_tokens_details.cached_tokens
     assert 16 <= cached < again.usage.prompt_tokens
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def thinker(request, tiny_server, model_dir, tmp_path_factory):
+    """(server, model id) of the scripted reasoning model on each engine: the
+    GGUF for llama.cpp, the same script as a Hugging Face folder for MLX and vLLM."""
+    from tests.scripted_model import THINK_SCRIPTS, write_scripted_hf_model, write_scripted_model
+
+    engine = request.param
+    if engine == "llama_cpp":
+        path = write_scripted_model(model_dir / "scripted-think-engines.gguf", THINK_SCRIPTS)
+    elif importlib.util.find_spec({"mlx": "mlx_lm", "vllm": "vllm"}[engine]) is None:
+        pytest.skip(f"{engine} is not installed here")
+    else:
+        path = model_dir / "scripted-think-hf"
+        if not path.exists():
+            write_scripted_hf_model(path, THINK_SCRIPTS)
+    name = f"thinker-{engine}"
+    r = requests.post(f"{tiny_server.base_url}/models/load", timeout=300, json={
+        "model_name": name, "model_path": path.name, "engine_type": engine,
+        "context_size": 1024, "max_batch_size": 2})
+    assert r.status_code == 200, r.text
+    return tiny_server, name
+
+
+def test_reasoning_is_split_on_every_engine(thinker):
+    from tests.scripted_model import THINK_ANSWER, THINK_REASONING
+
+    server, model = thinker
+    client = server.client()
+    reply = client.chat.completions.create(model=model, messages=MSG, temperature=1.0)
+    message = reply.choices[0].message
+    assert (message.reasoning_content, message.content) == (THINK_REASONING, THINK_ANSWER)
+    chunks = [c for c in client.chat.completions.create(model=model, messages=MSG, stream=True)
+              if c.choices]
+    assert "".join(getattr(c.choices[0].delta, "reasoning_content", None) or ""
+                   for c in chunks) == THINK_REASONING
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == THINK_ANSWER
+    quick = client.chat.completions.create(  # the template's variables reach every engine
+        model=model, messages=MSG, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert quick.choices[0].message.content == "Just 391."
