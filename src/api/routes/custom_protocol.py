@@ -14,7 +14,7 @@ from ...core.exceptions import InvalidRequestError
 from ..generation import chat_response, chat_stream
 from ..request_parsing import parse_body, read_json, validate_as
 from ..schemas import ChatCompletionRequest, _Lenient
-from .openai_compat import event_stream, start_chat_job
+from ..serving import event_stream, start_chat_job
 
 bp = Blueprint("custom_protocol", __name__)
 

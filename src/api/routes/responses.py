@@ -21,7 +21,7 @@ from ..responses_protocol import (INCLUDE_LOGPROBS, ResponsesRequest, chat_messa
                                   output_logprobs, reasoning_item)
 from ..schemas import ChatCompletionRequest
 from ..tool_calls import Arguments, CallStart, Content
-from .openai_compat import event_stream, start_chat_job
+from ..serving import event_stream, start_chat_job
 
 bp = Blueprint("responses", __name__)
 
