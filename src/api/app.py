@@ -20,6 +20,9 @@ from ..utils.config import Settings, get_settings
 from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
+from . import errors
+from .anthropic import routes as anthropic
+from .anthropic.translate import render_error as anthropic_error
 from .base_app import new_app
 from .routes import console, custom_protocol, management, openai_compat, responses, system
 from .system_sampler import start_system_sampler
@@ -69,6 +72,8 @@ def create_app(settings: Optional[Settings] = None,
     app.register_blueprint(responses.bp)
     app.register_blueprint(custom_protocol.bp)
     app.register_blueprint(console.bp)
+    app.register_blueprint(anthropic.bp)
+    errors.register_error_shape(anthropic.ERROR_PREFIX, anthropic_error)
     platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
         manager, platform = build_model_manager(settings)

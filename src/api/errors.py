@@ -1,8 +1,12 @@
-"""One error handler for both apps: every failure leaves as an OpenAI-shaped
-`{"error": {"message", "type", "param", "code"}}`, never as a stack trace."""
+"""One error handler for both apps: every failure leaves as a JSON error in
+the wire shape of the face it was asked through (OpenAI's
+`{"error": {"message", "type", "param", "code"}}` unless a face registered
+its own for its paths), never as a stack trace."""
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from typing import Any, Callable
+
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..core.exceptions import ServiceError
@@ -11,22 +15,39 @@ from ..utils.logger import logger
 _HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
                      405: ("method_not_allowed", "invalid_request_error"),
                      413: ("payload_too_large", "invalid_request_error")}
+# (path prefix, render(status, OpenAI-shaped body) -> that face's body)
+Renderer = Callable[[int, dict[str, Any]], dict[str, Any]]
+_FACE_SHAPES: list[tuple[str, Renderer]] = []
+
+
+def register_error_shape(prefix: str, render: Renderer) -> None:
+    """Errors of requests under `prefix` are rendered by `render`."""
+    if all(p != prefix for p, _ in _FACE_SHAPES):
+        _FACE_SHAPES.append((prefix, render))
+
+
+def error_response(status: int, body: dict[str, Any]):
+    for prefix, render in _FACE_SHAPES:
+        if request.path.startswith(prefix):
+            return jsonify(render(status, body)), status
+    return jsonify(body), status
 
 
 def install(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError):
-        return jsonify(exc.to_dict()), exc.status_code, exc.headers
+        body, status = error_response(exc.status_code, exc.to_dict())
+        return body, status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code, kind = _HTTP_ERROR_TYPES.get(exc.code or 500, ("http_error", "invalid_request_error"))
-        body = {"error": {"message": exc.description, "type": kind, "param": None, "code": code}}
-        return jsonify(body), exc.code
+        return error_response(exc.code or 500, {"error": {
+            "message": exc.description, "type": kind, "param": None, "code": code}})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         logger.exception("Unhandled error")
-        body = {"error": {"message": "The server had an error while processing your request.",
-                          "type": "server_error", "param": None, "code": "internal_error"}}
-        return jsonify(body), 500
+        return error_response(500, {"error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error", "param": None, "code": "internal_error"}})

@@ -55,6 +55,7 @@ class Job:
     # a chat's reply parser, one per choice: reasoning and tool calls; None: plain text
     new_parser: Optional[Callable[[], ReplyParser]] = None
     reasoning_tokens: int = 0  # counted by the choices' parsers
+    prompt_tokens: int = 0  # of every prompt, known before any usage arrives
 
     @property
     def engine(self) -> InferenceEngine:
@@ -95,7 +96,8 @@ def _check_capabilities(engine: InferenceEngine, req: Any,
 
 def _submit(lease: ModelLease, prompts: list[list[int]], req: Any, response_id: str,
             caller: Caller, tools: Optional[ToolSetup] = None) -> Job:
-    job = Job(lease, [], response_id, req.model, caller)
+    job = Job(lease, [], response_id, req.model, caller,
+              prompt_tokens=sum(len(t) for t in prompts))
     # a required or named tool call is a JSON reply of a known shape
     json_schema = (tools.call_schema() if tools else None) or req.json_schema
     try:
@@ -139,6 +141,24 @@ def drop_oldest_turn(messages: list[dict[str, Any]]) -> Optional[list[dict[str, 
     return messages[:first] + messages[end:]
 
 
+def chat_prompt(engine: InferenceEngine, req: ChatCompletionRequest, truncate: bool = False
+                ) -> tuple[Optional[ToolSetup], str, list[int]]:
+    """A chat's tools checked, its prompt rendered with the model's template, and its tokens."""
+    setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls, req.max_tool_calls)
+    if setup and setup.call_schema() and req.json_schema:
+        raise InvalidRequestError("response_format cannot be combined with a required or "
+                                  "named tool_choice.", param="response_format")
+    history = [m.for_template() for m in req.messages]
+    while True:
+        messages, tools = prompt_messages(history, setup, engine.capabilities.tools)
+        prompt = engine.render_chat(messages, tools=tools, template_kwargs=req.template_kwargs())
+        ids = engine.tokenize(prompt, add_special=True)
+        shorter = drop_oldest_turn(history) if truncate else None
+        if shorter is None or len(ids) + (req.max_tokens or 1) <= engine.context_length:
+            return setup, prompt, ids  # the engine refuses a prompt that is still too long
+        history = shorter
+
+
 def start_chat(lease: ModelLease, req: ChatCompletionRequest, caller: Caller,
                truncate: bool = False) -> Job:
     """Render, tokenize and submit a chat request; the job owns the lease from
@@ -149,21 +169,8 @@ def start_chat(lease: ModelLease, req: ChatCompletionRequest, caller: Caller,
 
     def tokens(engine: InferenceEngine) -> list[list[int]]:
         nonlocal setup, prompt
-        setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls,
-                           req.max_tool_calls)
-        if setup and setup.call_schema() and req.json_schema:
-            raise InvalidRequestError("response_format cannot be combined with a required or "
-                                      "named tool_choice.", param="response_format")
-        history = [m.for_template() for m in req.messages]
-        while True:
-            messages, tools = prompt_messages(history, setup, engine.capabilities.tools)
-            prompt = engine.render_chat(messages, tools=tools,
-                                        template_kwargs=req.template_kwargs())
-            ids = engine.tokenize(prompt, add_special=True)
-            shorter = drop_oldest_turn(history) if truncate else None
-            if shorter is None or len(ids) + (req.max_tokens or 1) <= engine.context_length:
-                return [ids]  # the engine refuses a prompt that is still too long
-            history = shorter
+        setup, prompt, ids = chat_prompt(engine, req, truncate)
+        return [ids]
 
     job = _submit(lease, _prompt_tokens(lease, caller.trace, tokens), req,
                   f"chatcmpl-{uuid.uuid4().hex}", caller, setup)
@@ -189,6 +196,7 @@ class _Collected:
     usage: Optional[Usage] = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     reply: Optional[ReplySummary] = None  # the text read by the job's reply parser
+    stop_sequence: Optional[str] = None  # the stop string that ended it, if one did
     answer_logprobs: list[dict[str, Any]] = field(default_factory=list)  # not the reasoning's
 
 
@@ -220,6 +228,7 @@ def _collect(stream: RequestStream, deadline: Optional[float], job: Job) -> _Col
                 out.answer_logprobs.extend(delta.logprobs or ())
         if delta.final:
             out.finish_reason, out.usage = delta.finish_reason, delta.usage
+            out.stop_sequence = delta.stop_sequence
             trace.add_usage(delta.usage)
     out.text = "".join(parts)
     if parser is None:

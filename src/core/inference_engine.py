@@ -64,6 +64,7 @@ class GenerationDelta:
     text: str = ""
     token_count: int = 0
     finish_reason: Optional[str] = None  # "stop" | "length" | "tool_calls"
+    stop_sequence: Optional[str] = None  # the request's stop string that ended it, if one did
     usage: Optional[Usage] = None
     # per token: {"token_id", "token", "bytes", "logprob", "top": [same, without "top"]}
     logprobs: Optional[list[dict[str, Any]]] = None

@@ -7,7 +7,7 @@ string. Every engine that produces raw token pieces uses this.
 from __future__ import annotations
 
 import codecs
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 class StopMatcher:
@@ -16,16 +16,18 @@ class StopMatcher:
     def __init__(self, stops: Sequence[str]):
         self.stops = [s for s in stops if s]
         self._pending = ""
+        self.matched: Optional[str] = None  # the stop string that was reached
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text to emit now, whether a stop string was reached)."""
         if not self.stops:
             return text, False
         buf = self._pending + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        hits = [(at, stop) for at, stop in ((buf.find(s), s) for s in self.stops) if at >= 0]
         if hits:
             self._pending = ""
-            return buf[: min(hits)], True
+            at, self.matched = min(hits)
+            return buf[:at], True
         keep = self._longest_stop_prefix_suffix(buf)
         self._pending = buf[len(buf) - keep:] if keep else ""
         return buf[: len(buf) - keep], False
@@ -51,6 +53,11 @@ class IncrementalText:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopMatcher(stops)
         self.stopped = False
+
+    @property
+    def matched(self) -> Optional[str]:
+        """The stop string that ended the text, if one did."""
+        return self._stops.matched
 
     def feed(self, piece: bytes) -> str:
         text, self.stopped = self._stops.feed(self._decoder.decode(piece, final=False))

@@ -485,7 +485,8 @@ class LlamaCppEngine(InferenceEngine):
                       completion_tokens=len(seq.generated), cached_tokens=seq.cached_tokens)
         seq.stream.push(GenerationDelta(text=text, token_count=1 if seq.generated else 0,
                                         finish_reason=reason, usage=usage, error=error,
-                                        logprobs=logprobs))
+                                        logprobs=logprobs,
+                                        stop_sequence=seq.text.matched if reason else None))
 
     def _fail_all(self, error) -> None:
         while self._embed_jobs:

@@ -308,7 +308,7 @@ class MLXEngine(HFText, InferenceEngine):
                 if finish:
                     stream.push(GenerationDelta(
                         text=text, token_count=1, finish_reason=finish, logprobs=logprobs,
-                        usage=Usage(len(prompt), generated, reuse)))
+                        usage=Usage(len(prompt), generated, reuse), stop_sequence=stops.matched))
                     break
                 stream.push(GenerationDelta(text=text, token_count=1, logprobs=logprobs))
             else:  # the generator ended without saying why

@@ -251,6 +251,9 @@ class VLLMEngine(HFText, InferenceEngine):
                                         logprobs=self._logprobs(choice, request.logprobs))
                 if out.finished:
                     delta.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+                    # vLLM's stop_reason: the stop string that matched (a token id for stop tokens)
+                    if isinstance(choice.stop_reason, str):
+                        delta.stop_sequence = choice.stop_reason
                     delta.usage = Usage(len(request.prompt_tokens), generated, cached)
                 stream.push(delta)
         except asyncio.CancelledError:

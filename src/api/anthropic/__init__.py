@@ -1,0 +1,1 @@
+"""The Anthropic Messages API face: `/v1/messages` and its token count."""

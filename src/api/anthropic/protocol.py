@@ -1,0 +1,62 @@
+"""The Anthropic Messages API's requests, as pydantic models: what Claude
+Code and the `anthropic` SDKs send to `/v1/messages`."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field
+
+from ..schemas import MAX_MESSAGES, MAX_TOOLS, _Lenient
+
+
+class TextBlock(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class MessageParam(_Lenient):
+    role: Literal["user", "assistant"]
+    content: Union[str, list[dict[str, Any]]]
+
+
+class ToolParam(_Lenient):
+    type: Optional[str] = None  # "custom" or absent; Anthropic's own tools name a version
+    name: str = Field(min_length=1, max_length=128)
+    description: Optional[str] = None
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class ToolChoice(_Lenient):
+    type: Literal["auto", "any", "tool", "none"]
+    name: Optional[str] = None
+    disable_parallel_tool_use: bool = False
+
+
+class ThinkingConfig(_Lenient):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Optional[int] = Field(None, ge=0)
+
+
+class MessagesRequest(_Lenient):
+    model: str = ""  # empty: the default model
+    max_tokens: int = Field(ge=1)
+    messages: list[MessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
+    system: Optional[Union[str, list[TextBlock]]] = None
+    stop_sequences: Optional[list[str]] = Field(None, max_length=4)
+    temperature: Optional[float] = Field(None, ge=0.0, le=1.0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(None, ge=0)
+    stream: bool = False
+    tools: Optional[list[ToolParam]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Optional[ToolChoice] = None
+    thinking: Optional[ThinkingConfig] = None
+    metadata: Optional[dict[str, Any]] = None
+
+
+class CountTokensRequest(_Lenient):
+    model: str = ""
+    messages: list[MessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
+    system: Optional[Union[str, list[TextBlock]]] = None
+    tools: Optional[list[ToolParam]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Optional[ToolChoice] = None
+    thinking: Optional[ThinkingConfig] = None
