@@ -92,6 +92,12 @@ def test_every_route_but_health_needs_a_key(guarded):
             path = path.replace("{filename}", "console.js")
             assert call(guarded, method, path).status_code in (200, 302), path
             continue
+        if path.startswith("/v1/messages"):  # the Anthropic face: its own error shape
+            for headers in ({}, auth("wrong-key"), {"x-api-key": "wrong"}):
+                resp = call(guarded, method, path, headers=headers)
+                assert resp.status_code == 401 and resp.json()["type"] == "error"
+                assert resp.json()["error"]["type"] == "authentication_error"
+            continue
         error = assert_error(call(guarded, method, path), 401, "invalid_api_key")
         assert "didn't provide an API key" in error["message"]
         assert_error(call(guarded, method, path, headers=auth("wrong-key")), 401,

@@ -315,7 +315,10 @@ def test_a_stream_cut_by_a_dying_instance_ends_with_an_error_event(cluster):
         rest = [line.decode() for line in lines if line]
     assert rest[-1] == "data: [DONE]"
     error = json.loads(rest[-2][6:])["error"]
-    assert error["type"] == "server_error" and error["code"] == "upstream_error"
+    # the proxy saw the connection drop (upstream_error), or the instance's worker saw its
+    # master die first and ended the stream itself as it unloaded (service_unavailable)
+    assert error["type"] == "server_error"
+    assert error["code"] in ("upstream_error", "service_unavailable")
     wait_for(lambda: healthy(cluster, name), 90, f"{name} restarted")
 
 
@@ -326,6 +329,8 @@ def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster, stream):
     from src.utils.metrics import PREFIX
     from tests.test_access_control import raw_request
 
+    # an instance killed by an earlier test is back first: every one is asked below
+    wait_for(lambda: healthy(cluster, *status(cluster)["instances"]), 90, "every instance healthy")
     instances = [i for i in status(cluster)["instances"].values() if i["pid"]]
 
     def get(inst: dict[str, Any], path: str) -> requests.Response:
