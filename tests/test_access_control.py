@@ -98,6 +98,11 @@ def test_every_route_but_health_needs_a_key(guarded):
                 assert resp.status_code == 401 and resp.json()["type"] == "error"
                 assert resp.json()["error"]["type"] == "authentication_error"
             continue
+        if path.startswith("/api/"):  # the Ollama face: {"error": message}
+            for headers in ({}, auth("wrong-key"), {"x-api-key": "wrong"}):
+                resp = call(guarded, method, path, headers=headers)
+                assert resp.status_code == 401 and set(resp.json()) == {"error"}
+            continue
         error = assert_error(call(guarded, method, path), 401, "invalid_api_key")
         assert "didn't provide an API key" in error["message"]
         assert_error(call(guarded, method, path, headers=auth("wrong-key")), 401,

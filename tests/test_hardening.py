@@ -137,6 +137,10 @@ ROUTES = {
                      "messages": [{"role": "user", "content": "hi"}]},
     "/v1/messages/count_tokens": {"model": "tiny-chat",
                                   "messages": [{"role": "user", "content": "hi"}]},
+    "/api/chat": {"model": "tiny-chat", "stream": False, "options": {"num_predict": 4},
+                  "messages": [{"role": "user", "content": "hi"}]},
+    "/api/generate": {"model": "tiny-chat", "prompt": "hi", "options": {"num_predict": 4}},
+    "/api/embed": {"model": "tiny-chat", "input": "hi"},
 }
 FIELDS = sorted({"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "n",
                  "stream", "stream_options", "temperature", "top_p", "top_k", "min_p", "seed",
@@ -146,7 +150,8 @@ FIELDS = sorted({"model", "messages", "prompt", "max_tokens", "max_completion_to
                  "encoding_format", "dimensions", "tokens", "model_name", "model_path",
                  "engine_type", "context_size", "instructions", "max_output_tokens",
                  "add_special_tokens", "role", "content", "type", "json_schema", "schema",
-                 "system", "stop_sequences", "thinking", "input_schema", "tool_use_id"})
+                 "system", "stop_sequences", "thinking", "input_schema", "tool_use_id",
+                 "options", "num_predict", "format", "keep_alive", "think", "images"})
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70)
            | st.floats(allow_nan=False) | st.text(max_size=40)
@@ -176,11 +181,16 @@ def check_answer(resp: requests.Response, route: str = "") -> None:
     if resp.status_code >= 400 and route.startswith("/v1/messages"):  # Anthropic's shape
         body = resp.json()
         assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+    elif resp.status_code >= 400 and route.startswith("/api/"):  # Ollama's shape
+        assert isinstance(resp.json()["error"], str)
     elif resp.status_code >= 400:
         error = resp.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
     elif resp.headers["Content-Type"].startswith("text/event-stream"):
         assert text.rstrip().endswith("data: [DONE]") or "event:" in text, text[-300:]
+    elif resp.headers["Content-Type"].startswith("application/x-ndjson"):
+        for line in text.splitlines():  # Ollama's stream: a JSON object a line
+            json.loads(line)
     else:
         resp.json()
 

@@ -24,6 +24,8 @@ from . import errors
 from .anthropic import routes as anthropic
 from .anthropic.translate import render_error as anthropic_error
 from .base_app import new_app
+from .ollama import routes as ollama
+from .ollama.translate import render_error as ollama_error
 from .routes import console, custom_protocol, management, openai_compat, responses, system
 from .system_sampler import start_system_sampler
 
@@ -74,6 +76,8 @@ def create_app(settings: Optional[Settings] = None,
     app.register_blueprint(console.bp)
     app.register_blueprint(anthropic.bp)
     errors.register_error_shape(anthropic.ERROR_PREFIX, anthropic_error)
+    app.register_blueprint(ollama.bp)
+    errors.register_error_shape(ollama.ERROR_PREFIX, ollama_error)
     platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
         manager, platform = build_model_manager(settings)

@@ -1,4 +1,4 @@
-"""The web console: static files served at /ui (`/` leads there).
+"""The web console: static files served at /ui (`/` leads browsers there).
 
 The page holds no secret and no state of the server's: it calls the same API
 as any client, with the key the user types in (kept in the browser), so the
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, redirect, send_from_directory
+from flask import Blueprint, Response, redirect, request, send_from_directory
 
 STATIC = Path(__file__).resolve().parents[1] / "console" / "static"
 PREFIX = "/ui"
@@ -23,7 +23,11 @@ def is_console_path(path: str) -> bool:
 
 @bp.get("/")
 def root():
-    return redirect(f"{PREFIX}/")
+    """A browser is led to the console; any other client gets Ollama's liveness
+    answer, which Ollama clients (n8n's credential check) ask for."""
+    if "text/html" in request.headers.get("Accept", ""):  # what browsers ask for, by name
+        return redirect(f"{PREFIX}/")
+    return Response("Ollama is running", mimetype="text/plain")
 
 
 @bp.get(PREFIX)

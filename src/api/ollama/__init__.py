@@ -1,0 +1,1 @@
+"""The Ollama API face: `/api/*` (and Ollama's answer at `/`)."""

@@ -1,0 +1,225 @@
+"""Ollama's API under `/api`: version, tags, show, ps, chat and generate
+(NDJSON streams by default), embed and the older embeddings. A reply's
+reasoning is `thinking`, its tool calls come whole with arguments as
+objects; `keep_alive: 0` unloads the model after the answer (never the
+default model, which /health stands for)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, stream_with_context
+
+from ... import __version__
+from ...core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
+from ..generation import Job, collect_replies, job_deltas, run_stream
+from ..middleware.rate_limit import token_reservation
+from ..reply import Reasoning, ReplySummary
+from ..request_parsing import parse_body, validate_as
+from ..schemas import ChatCompletionRequest
+from ..serving import manager, request_timeout, start_chat_job
+from ..tool_calls import Content
+from .protocol import (ChatRequest, EmbedRequest, GenerateRequest, LegacyEmbeddingsRequest,
+                       ModelRequest)
+from .translate import (chat_body, final_counts, generate_body, keep_alive_seconds, model_id,
+                        now_iso, tool_calls)
+
+bp = Blueprint("ollama", __name__)
+ERROR_PREFIX = "/api/"  # where errors take Ollama's shape
+OLLAMA_VERSION = "0.13.0"  # the Ollama API level served: clients gate features on it
+
+
+def _describe(name: str) -> dict[str, Any]:
+    return manager().describe(model_id(name))[0]
+
+
+def _details(info: dict[str, Any]) -> dict[str, Any]:
+    path = info.get("path") or ""
+    return {"parent_model": "", "format": "gguf" if path.endswith(".gguf") else "safetensors",
+            "family": info.get("engine") or "", "families": None, "parameter_size": "",
+            "quantization_level": ""}
+
+
+def _tag(info: dict[str, Any]) -> dict[str, Any]:
+    modified = info.get("loaded_at") or time.time()
+    return {"name": info["id"], "model": info["id"],
+            "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)),
+            "size": info.get("size_bytes") or 0, "digest": "", "details": _details(info)}
+
+
+@bp.get("/api/version")
+def version():
+    return jsonify({"version": OLLAMA_VERSION, "server": f"vllm-obtain {__version__}"})
+
+
+@bp.get("/api/tags")
+def tags():
+    """Every model this server knows, loaded or not."""
+    return jsonify({"models": [_tag(info) for info in manager().describe()]})
+
+
+@bp.get("/api/ps")
+def running_models():
+    """The models loaded now."""
+    models = []
+    for info in manager().describe():
+        if info["state"] == "ready":
+            models.append({**_tag(info), "expires_at": "0001-01-01T00:00:00Z",
+                           "size_vram": 0})
+    return jsonify({"models": models})
+
+
+@bp.post("/api/show")
+def show():
+    req = parse_body(ModelRequest)
+    info = _describe(req.id)
+    capabilities = ["completion", "tools", "thinking"]
+    return jsonify({"modelfile": "", "parameters": "", "template": "",
+                    "details": _details(info), "model_info": {"general.name": info["id"]},
+                    "capabilities": capabilities,
+                    "modified_at": _tag(info)["modified_at"]})
+
+
+def _answer_lines(job: Job, deadline: float, wrap, started: float) -> Iterator[dict[str, Any]]:
+    """Ollama's objects for a job: a piece of text or thinking at a time, the
+    calls whole when the reply ends, then the final object with the counts."""
+    parser = job.new_parser() if job.new_parser else None
+    finish: Optional[str] = None
+    for _, d in job_deltas(job, deadline):
+        if d is None:
+            continue
+        events: list[Any] = [Content(d.text)] if parser is None and d.text else []
+        if parser is not None:
+            events = parser.feed(d.text, d.token_count) + (parser.finish() if d.final else [])
+        for e in events:
+            if isinstance(e, Reasoning):
+                yield wrap("", e.text, None, False)
+            elif isinstance(e, Content) and e.text:
+                yield wrap(e.text, None, None, False)
+        if d.final:
+            finish = d.finish_reason
+    calls = tool_calls(parser.calls) if parser is not None and parser.calls else None
+    if calls:
+        yield wrap("", None, calls, False)
+    trace = job.trace
+    yield {**wrap("", None, None, True), "done_reason": "length" if finish == "length" else "stop",
+           **final_counts(started, trace.ttft, trace.prompt_tokens, trace.completion_tokens)}
+
+
+def _respond(job: Job, deadline: float, wrap, stream: bool, keep_alive: Any):
+    started = job.trace.started
+    unload_after = keep_alive_seconds(keep_alive) == 0
+    if not stream:
+        (result,) = collect_replies(job, deadline)
+        reply = result.reply or ReplySummary(content=result.text)
+        calls = tool_calls(reply.calls) if reply.calls else None
+        content = reply.content.strip() if calls else reply.content
+        trace = job.trace
+        body = {**wrap(content, reply.reasoning or None, calls, True),
+                "done_reason": "length" if result.finish_reason == "length" else "stop",
+                **final_counts(started, trace.ttft, trace.prompt_tokens,
+                               trace.completion_tokens)}
+        if unload_after:
+            _unload_later(job.lease.model_id)
+        return jsonify(body)
+
+    def ndjson() -> Iterator[str]:
+        for obj in _answer_lines(job, deadline, wrap, started):
+            yield json.dumps(obj, ensure_ascii=False) + "\n"
+        if unload_after:
+            _unload_later(job.lease.model_id)
+
+    def error_line(exc: ServiceError) -> str:
+        return json.dumps({"error": exc.message}) + "\n"
+
+    response = Response(stream_with_context(run_stream(job, ndjson(), error_line)),
+                        mimetype="application/x-ndjson")
+    response.call_on_close(lambda: job.close(ClientDisconnectedError.status_code))
+    return response
+
+
+def _unload_later(model: str) -> None:
+    """keep_alive 0: the model goes once this answer is out (its lease released)."""
+    if model == manager().default_model_id:
+        return
+    threading.Thread(target=manager().unload, args=(model,), daemon=True).start()
+
+
+@bp.post("/api/chat")
+def chat():
+    req = parse_body(ChatRequest)
+    if not req.messages:  # Ollama: an empty chat loads the model
+        with manager().acquire(model_id(req.model), request_timeout()):
+            pass
+        return jsonify({"model": req.model, "created_at": now_iso(),
+                        "message": {"role": "assistant", "content": ""}, "done": True,
+                        "done_reason": "load"})
+    chat_req = validate_as(ChatCompletionRequest, chat_body(req))
+    job, deadline = start_chat_job(chat_req, "ollama_chat")
+
+    def wrap(text: str, thinking: Optional[str], calls: Optional[list], done: bool):
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = calls
+        return {"model": req.model, "created_at": now_iso(), "message": message, "done": done}
+
+    return _respond(job, deadline, wrap, req.stream, req.keep_alive)
+
+
+@bp.post("/api/generate")
+def generate():
+    req = parse_body(GenerateRequest)
+    if not req.prompt:  # Ollama: an empty prompt loads the model
+        with manager().acquire(model_id(req.model), request_timeout()):
+            pass
+        return jsonify({"model": req.model, "created_at": now_iso(), "response": "",
+                        "done": True, "done_reason": "load"})
+    chat_req = validate_as(ChatCompletionRequest, generate_body(req))
+    job, deadline = start_chat_job(chat_req, "ollama_generate")
+
+    def wrap(text: str, thinking: Optional[str], calls: Optional[list], done: bool):
+        body: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": text,
+                                "done": done}
+        if thinking:
+            body["thinking"] = thinking
+        return body
+
+    return _respond(job, deadline, wrap, req.stream, req.keep_alive)
+
+
+def _embed(model: str, inputs: list[str]) -> tuple[list[list[float]], int]:
+    with manager().acquire(model_id(model), request_timeout()) as lease:
+        engine = lease.engine
+        if not engine.capabilities.embeddings:
+            raise UnsupportedFeatureError(f"Model '{lease.model_id}' cannot compute "
+                                          f"embeddings.", param="model")
+        tokens = [engine.tokenize(text, add_special=True) for text in inputs]
+        used = sum(len(t) for t in tokens)
+        token_reservation()(used)(used)
+        return engine.embed(tokens, request_timeout()), used
+
+
+@bp.post("/api/embed")
+def embed():
+    req = parse_body(EmbedRequest)
+    started = time.monotonic()
+    inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+    vectors, used = _embed(req.model, inputs)
+    if req.dimensions:  # the first values, normalised again
+        heads = [np.asarray(v[:req.dimensions], dtype=np.float32) for v in vectors]
+        vectors = [(h / (np.linalg.norm(h) or 1.0)).tolist() for h in heads]
+    return jsonify({"model": req.model, "embeddings": vectors,
+                    "total_duration": int((time.monotonic() - started) * 1e9),
+                    "load_duration": 0, "prompt_eval_count": used})
+
+
+@bp.post("/api/embeddings")
+def embeddings_legacy():
+    req = parse_body(LegacyEmbeddingsRequest)
+    vectors, _ = _embed(req.model, [req.prompt])
+    return jsonify({"embedding": vectors[0]})
