@@ -87,6 +87,11 @@ def test_overview_shows_the_model_ready_and_live_charts(browser, server):
     page, errors = open_console(browser, server.url)
     model_state(page, "#ov-models", "tiny-chat", "ready").wait_for(timeout=10_000)
     assert "llama_cpp" in page.text_content("#ov-platform")
+    faces = page.locator("#ov-faces .face")  # the three protocol faces, each at its URL
+    faces.nth(2).wait_for(timeout=10_000)
+    assert [faces.nth(i).get_attribute("data-face") for i in range(faces.count())] == \
+        ["OpenAI", "Anthropic", "Ollama"]
+    assert f"{server.url}/api" in page.text_content("#ov-faces")
     chart = page.locator("#chart-tokens")
     wait_for(lambda: int(chart.get_attribute("data-points") or 0) >= 2, 15, "two chart points")
     for _ in range(3):  # some traffic, for the charts to show

@@ -64,6 +64,12 @@ def model_figures(manager: ModelManager) -> list[dict[str, Any]]:
              **(m.get("runtime") or {})} for m in manager.describe()]
 
 
+# the protocol faces this service serves over its one core, and where each lives
+FACES = [{"name": "OpenAI", "base_url": "/v1"},
+         {"name": "Anthropic", "base_url": anthropic.ERROR_PREFIX},
+         {"name": "Ollama", "base_url": ollama.ERROR_PREFIX.rstrip("/")}]
+
+
 def create_app(settings: Optional[Settings] = None,
                manager: Optional[ModelManager] = None) -> Flask:
     settings = settings or get_settings()
@@ -84,6 +90,7 @@ def create_app(settings: Optional[Settings] = None,
         manager.start()
     app.extensions["model_manager"] = manager
     app.extensions["platform"] = platform
+    app.config["FACES"] = FACES
     app.extensions["metrics"] = ServiceMetrics(lambda: model_figures(manager))
     app.extensions["response_store"] = ResponseStore(settings.data_path / "responses.sqlite3",
                                                      settings.response_store_retention_days)

@@ -39,6 +39,7 @@ def system_status():
         "uptime_seconds": round(time.time() - current_app.config["STARTED_AT"], 1),
         "platform": platform["info"], "engine": platform["choice"],
         "default_model": _manager().default_model_id,
+        "faces": current_app.config["FACES"],
         "models": _manager().describe(),
         "security": security_summary(settings),
         "limits": {"max_concurrent_models": settings.max_concurrent_models,

@@ -9,7 +9,7 @@ const TEXT = {
     "key.explain": "服务设置了密钥。请输入 API 密钥（加载、卸载模型和集群操作需要管理密钥）；密钥只保存在这个浏览器中。",
     "key.save": "保存", "overview.platform": "平台与引擎", "overview.requests": "请求",
     "overview.running": "进行中", "overview.waiting": "等待", "overview.throughput": "生成速度",
-    "overview.uptime": "运行时长", "overview.models": "模型",
+    "overview.uptime": "运行时长", "overview.models": "模型", "overview.faces": "协议接口",
     "chart.tokens": "生成速度（token/s）", "chart.latency": "首 token 时间与延迟（毫秒）",
     "chart.requests": "进行中与等待的请求", "chart.system": "CPU、内存与 GPU 显存（%）",
     "models.id": "模型", "models.state": "状态", "models.engine": "引擎", "models.size": "大小",
@@ -35,7 +35,7 @@ const TEXT = {
     "key.explain": "This service needs a key. Enter an API key (loading and unloading models and cluster actions need the admin key); it is kept in this browser only.",
     "key.save": "Save", "overview.platform": "Platform and engine", "overview.requests": "Requests",
     "overview.running": "running", "overview.waiting": "waiting", "overview.throughput": "Generation",
-    "overview.uptime": "Uptime", "overview.models": "Models",
+    "overview.uptime": "Uptime", "overview.models": "Models", "overview.faces": "API faces",
     "chart.tokens": "Generation (tokens/s)", "chart.latency": "Time to first token and latency (ms)",
     "chart.requests": "Requests running and waiting", "chart.system": "CPU, memory and GPU memory (%)",
     "models.id": "Model", "models.state": "State", "models.engine": "Engine", "models.size": "Size",
@@ -186,6 +186,15 @@ async function pollStatus() {
   mode = status.mode || "single";
   document.querySelector('#tabs a[data-tab="cluster"]').hidden = mode !== "load_balance";
   $("ov-uptime").textContent = formatUptime(status.uptime_seconds);
+  // the protocols served, each at its base URL (OpenAI /v1, Anthropic, Ollama)
+  $("ov-faces-card").hidden = !status.faces;
+  $("ov-faces").replaceChildren(...(status.faces || []).map((f) => {
+    const item = document.createElement("span");
+    item.className = "face";
+    item.dataset.face = f.name;
+    item.textContent = `${f.name} ${location.origin}${f.base_url}`;
+    return item;
+  }));
   const list = $("ov-models");
   list.replaceChildren();
   if (mode === "load_balance") {
