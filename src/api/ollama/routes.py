@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, stream_with_context
@@ -148,17 +148,19 @@ def _unload_later(model: str) -> None:
     threading.Thread(target=manager().unload, args=(model,), daemon=True).start()
 
 
+def _serve(req: Any, empty: bool, body: Callable[[], dict[str, Any]], endpoint: str,
+           wrap: Callable[..., dict[str, Any]]):
+    if empty:  # Ollama: a request with nothing to answer only loads the model
+        with manager().acquire(model_id(req.model), request_timeout()):
+            pass
+        return jsonify({**wrap("", None, None, True), "done_reason": "load"})
+    job, deadline = start_chat_job(validate_as(ChatCompletionRequest, body()), endpoint)
+    return _respond(job, deadline, wrap, req.stream, req.keep_alive)
+
+
 @bp.post("/api/chat")
 def chat():
     req = parse_body(ChatRequest)
-    if not req.messages:  # Ollama: an empty chat loads the model
-        with manager().acquire(model_id(req.model), request_timeout()):
-            pass
-        return jsonify({"model": req.model, "created_at": now_iso(),
-                        "message": {"role": "assistant", "content": ""}, "done": True,
-                        "done_reason": "load"})
-    chat_req = validate_as(ChatCompletionRequest, chat_body(req))
-    job, deadline = start_chat_job(chat_req, "ollama_chat")
 
     def wrap(text: str, thinking: Optional[str], calls: Optional[list], done: bool):
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -168,19 +170,12 @@ def chat():
             message["tool_calls"] = calls
         return {"model": req.model, "created_at": now_iso(), "message": message, "done": done}
 
-    return _respond(job, deadline, wrap, req.stream, req.keep_alive)
+    return _serve(req, not req.messages, lambda: chat_body(req), "ollama_chat", wrap)
 
 
 @bp.post("/api/generate")
 def generate():
     req = parse_body(GenerateRequest)
-    if not req.prompt:  # Ollama: an empty prompt loads the model
-        with manager().acquire(model_id(req.model), request_timeout()):
-            pass
-        return jsonify({"model": req.model, "created_at": now_iso(), "response": "",
-                        "done": True, "done_reason": "load"})
-    chat_req = validate_as(ChatCompletionRequest, generate_body(req))
-    job, deadline = start_chat_job(chat_req, "ollama_generate")
 
     def wrap(text: str, thinking: Optional[str], calls: Optional[list], done: bool):
         body: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": text,
@@ -189,7 +184,7 @@ def generate():
             body["thinking"] = thinking
         return body
 
-    return _respond(job, deadline, wrap, req.stream, req.keep_alive)
+    return _serve(req, not req.prompt, lambda: generate_body(req), "ollama_generate", wrap)
 
 
 def _embed(model: str, inputs: list[str]) -> tuple[list[list[float]], int]:
