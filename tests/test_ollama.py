@@ -104,3 +104,19 @@ def test_errors_have_ollamas_shape(scripted_server, client):
     r = requests.post(f"{scripted_server.url}/api/chat", timeout=10,
                       json={"model": "scripted-think", "messages": ASK, "format": 7})
     assert r.status_code == 400 and set(r.json()) == {"error"}
+
+
+def test_pull_makes_a_known_model_ready_and_delete_unloads_it(scripted_server, client):
+    statuses = [p.status for p in client.pull("scripted-unopened", stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert "scripted-unopened" in [m.model for m in client.ps().models]
+    assert client.pull("scripted-unopened:latest").status == "success"
+    with pytest.raises(ollama.ResponseError) as err:
+        client.pull("llama3.2")  # nothing is downloaded: only models this server knows
+    assert err.value.status_code == 404
+    client.delete("scripted-unopened")
+    assert "scripted-unopened" not in [m.model for m in client.ps().models]
+    assert "scripted-unopened" in [m.model for m in client.list().models]  # the file stays
+    with pytest.raises(ollama.ResponseError) as err:
+        client.delete("no-such-model")
+    assert err.value.status_code == 404

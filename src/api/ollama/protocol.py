@@ -56,9 +56,14 @@ class LegacyEmbeddingsRequest(_Lenient):
 
 
 class ModelRequest(_Lenient):
-    model: str = Field("", validation_alias="model")
+    model: str = ""
     name: Optional[str] = None  # older clients send `name`
 
     @property
     def id(self) -> str:
         return self.model or self.name or ""
+
+
+class PullRequest(ModelRequest):
+    stream: bool = True
+    insecure: bool = False

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify, stream_with_context
 from ... import __version__
 from ...core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
 from ..generation import Job, collect_replies, job_deltas, run_stream
+from ..middleware.auth import admin_only
 from ..middleware.rate_limit import token_reservation
 from ..reply import Reasoning, ReplySummary
 from ..request_parsing import parse_body, validate_as
@@ -23,7 +24,7 @@ from ..schemas import ChatCompletionRequest
 from ..serving import manager, request_timeout, start_chat_job
 from ..tool_calls import Content
 from .protocol import (ChatRequest, EmbedRequest, GenerateRequest, LegacyEmbeddingsRequest,
-                       ModelRequest)
+                       ModelRequest, PullRequest)
 from .translate import (chat_body, final_counts, generate_body, keep_alive_seconds, model_id,
                         now_iso, tool_calls)
 
@@ -185,6 +186,45 @@ def generate():
         return body
 
     return _serve(req, not req.prompt, lambda: generate_body(req), "ollama_generate", wrap)
+
+
+@bp.post("/api/pull")
+def pull():
+    """A model this server knows is made ready (loaded); nothing is downloaded.
+    Streams Ollama's status lines unless `stream` is false."""
+    req = parse_body(PullRequest)
+    name = model_id(req.id)
+    manager().describe(name)  # 404 for a model this server does not know
+
+    def load() -> None:
+        with manager().acquire(name, request_timeout()):
+            pass
+
+    if not req.stream:
+        load()
+        return jsonify({"status": "success"})
+
+    def lines() -> Iterator[str]:
+        yield json.dumps({"status": "pulling manifest"}) + "\n"
+        try:
+            load()
+        except ServiceError as exc:
+            yield json.dumps({"error": exc.message}) + "\n"
+            return
+        for status in ("verifying sha256 digest", "writing manifest", "success"):
+            yield json.dumps({"status": status}) + "\n"
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+@bp.delete("/api/delete")
+@admin_only
+def delete():
+    """The model is unloaded and a load request's registration forgotten; the
+    weights stay on disk (this server never deletes model files)."""
+    req = parse_body(ModelRequest)
+    manager().unload(model_id(req.id), forget=True)
+    return Response(status=200)
 
 
 def _embed(model: str, inputs: list[str]) -> tuple[list[list[float]], int]:
