@@ -265,15 +265,18 @@ def usage_dict(job: Job) -> dict[str, Any]:
     return usage
 
 
-def _chat_logprobs(entries: Optional[list[dict[str, Any]]]) -> Optional[dict[str, Any]]:
-    if entries is None:
-        return None
-
+def token_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Engine logprobs as OpenAI lists them per token (chat and the Responses API)."""
     def one(e: dict[str, Any]) -> dict[str, Any]:
         return {"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]}
 
-    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e["top"]]}
-                        for e in entries], "refusal": None}
+    return [{**one(e), "top_logprobs": [one(t) for t in e["top"]]} for e in entries]
+
+
+def _chat_logprobs(entries: Optional[list[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    if entries is None:
+        return None
+    return {"content": token_logprobs(entries), "refusal": None}
 
 
 def _completion_logprobs(entries: Optional[list[dict[str, Any]]],

@@ -3,8 +3,9 @@ tool calls, as events every protocol face turns into its own wire format
 (chat completion deltas, Responses API items, /generate's fields)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .reasoning import ReasoningParser
 from .tool_calls import Arguments, CallStart, Content, ToolCallParser, ToolSetup
@@ -65,6 +66,16 @@ class ReplyParser:
             return list(events)
         return [e for e in events
                 if not isinstance(e, (CallStart, Arguments)) or e.index < self._max_calls]
+
+
+def call_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """A parsed call's arguments as an object (the Anthropic and Ollama faces
+    give them so); {} when the model's JSON was not an object."""
+    try:
+        arguments = json.loads(call["arguments"] or "{}")
+    except ValueError:
+        return {}
+    return arguments if isinstance(arguments, dict) else {}
 
 
 @dataclass

@@ -335,11 +335,3 @@ def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
                        status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "function_call", "call_id": call_id, "name": name,
             "arguments": arguments, "status": status}
-
-
-def output_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Engine logprobs in the Responses API's shape."""
-    def one(e: dict[str, Any]) -> dict[str, Any]:
-        return {"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]}
-
-    return [{**one(e), "top_logprobs": [one(t) for t in e["top"]]} for e in entries]

@@ -8,7 +8,7 @@ import uuid
 from typing import Any, Optional, Union
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
-from ..reply import ReplySummary
+from ..reply import ReplySummary, call_arguments
 from .protocol import CountTokensRequest, MessagesRequest, TextBlock
 
 # HTTP status -> Anthropic's error type
@@ -173,12 +173,8 @@ def content_blocks(reply: ReplySummary) -> list[dict[str, Any]]:
     if text or not reply.calls:
         blocks.append({"type": "text", "text": text})
     for call in reply.calls:
-        try:
-            arguments = json.loads(call["arguments"] or "{}")
-        except ValueError:
-            arguments = {}
         blocks.append({"type": "tool_use", "id": tool_use_id(call["id"]), "name": call["name"],
-                       "input": arguments if isinstance(arguments, dict) else {}})
+                       "input": call_arguments(call)})
     return blocks
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Union
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
+from ..reply import call_arguments
 from .protocol import ChatRequest, GenerateRequest, KeepAlive, OllamaMessage
 
 # options Ollama documents -> the chat field of the same meaning
@@ -121,15 +122,8 @@ def generate_body(req: GenerateRequest) -> dict[str, Any]:
 
 def tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Calls as Ollama gives them: arguments as an object."""
-    out = []
-    for call in calls:
-        try:
-            arguments = json.loads(call["arguments"] or "{}")
-        except ValueError:
-            arguments = {}
-        out.append({"function": {"name": call["name"],
-                                 "arguments": arguments if isinstance(arguments, dict) else {}}})
-    return out
+    return [{"function": {"name": call["name"], "arguments": call_arguments(call)}}
+            for call in calls]
 
 
 def final_counts(started: float, ttft: Optional[float], prompt_tokens: int,

@@ -12,13 +12,14 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ...core.exceptions import InvalidRequestError, NotFoundError, ServiceError
 from ...core.response_store import ResponseStore
-from ..generation import Job, collect_replies, job_deltas, run_stream, usage_dict
+from ..generation import (Job, collect_replies, job_deltas, run_stream, token_logprobs,
+                          usage_dict)
 from ..middleware.auth import key_owner
 from ..reply import Reasoning, ReplySummary
 from ..request_parsing import parse_body, query_int, validate_as
 from ..responses_protocol import (INCLUDE_LOGPROBS, ResponsesRequest, chat_messages,
                                   function_call_item, message_output, new_id, output_items,
-                                  output_logprobs, reasoning_item)
+                                  reasoning_item)
 from ..schemas import ChatCompletionRequest
 from ..tool_calls import Arguments, CallStart, Content
 from ..serving import event_stream, start_chat_job
@@ -117,7 +118,7 @@ def create_response():
         return event_stream(_events(turn, job, deadline), job)
     (reply,) = collect_replies(job, deadline)
     complete = reply.finish_reason != "length"
-    logprobs = output_logprobs(reply.answer_logprobs) if turn.want_logprobs() else None
+    logprobs = token_logprobs(reply.answer_logprobs) if turn.want_logprobs() else None
     summary = reply.reply or ReplySummary(content=reply.text)
     response = turn.response(job, "completed", output_items(summary, complete, logprobs),
                              incomplete=not complete)
@@ -253,7 +254,7 @@ def _events(turn: _Turn, job: Job, deadline: float) -> Iterator[str]:
             if open_item.get("kind") != "message":
                 yield from start("message", new_id("msg"))
             open_item["text"].append(text)
-            entries = output_logprobs(logprobs) if want_logprobs else []
+            entries = token_logprobs(logprobs) if want_logprobs else []
             open_item["logprobs"] += entries
             yield event("response.output_text.delta", **at(), content_index=0, delta=text,
                         logprobs=entries)
