@@ -127,3 +127,22 @@ def test_the_sdk_raises_its_own_errors(claude):
         claude.messages.create(model="scripted-think", max_tokens=5, messages=[
             {"role": "user", "content": [{"type": "document", "source": {
                 "type": "text", "media_type": "text/plain", "data": "x"}}]}])
+
+
+def test_models_in_anthropics_shape_for_anthropic_clients(scripted_server, claude):
+    page = claude.models.list(limit=3)
+    assert len(page.data) == 3 and page.has_more and page.last_id == page.data[-1].id
+    assert all(m.type == "model" and m.display_name == m.id for m in page.data)
+    everything = list(claude.models.list(limit=2))  # the SDK pages on by after_id
+    ids = [m.id for m in everything]
+    assert len(ids) == len(set(ids)) and "scripted-think" in ids and "scripted-agent" in ids
+    assert [m.created_at for m in everything] == sorted((m.created_at for m in everything),
+                                                        reverse=True)
+    assert claude.models.retrieve("scripted-agent").id == "scripted-agent"
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("no-such-model")
+    openai_shape = requests.get(f"{scripted_server.base_url}/models", timeout=10).json()
+    assert openai_shape["object"] == "list" and {m["id"] for m in openai_shape["data"]} == set(ids)
+    bad = requests.get(f"{scripted_server.base_url}/models", timeout=10,
+                       params={"after_id": "nope"}, headers={"anthropic-version": "2023-06-01"})
+    assert bad.status_code == 404 and bad.json()["type"] == "error"

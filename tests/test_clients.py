@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 
-import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import ROOT, TOOLS_MODEL
+from tests.conftest import TOOLS_MODEL, needs_node, run_node_check
 
 SMOL = "SmolLM2-135M-Instruct"
 
@@ -76,19 +73,9 @@ def test_litellm_completion_stream_and_tools(smollm_server, tools_server):
     assert call.function.name == "lookup" and "q" in json.loads(call.function.arguments)
 
 
-NODE_DIR = ROOT / "tests" / "node"
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+@needs_node
 def test_openai_npm_package_under_node(tiny_server, tools_server):
-    if not (NODE_DIR / "node_modules" / "openai").is_dir():  # `make test` installs it
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       capture_output=True, timeout=300)
-    out = subprocess.run(["node", str(NODE_DIR / "client_check.mjs"), tiny_server.base_url,
-                          "tiny-chat", TOOLS_MODEL], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    result = run_node_check("client_check.mjs", tiny_server.base_url, "tiny-chat", TOOLS_MODEL)
     assert result["chat"]["object"] == "chat.completion"
     assert result["chat"]["completion_tokens"] == 6
     assert result["stream"]["finish"] == "length" and result["stream"]["completion_tokens"] == 6

@@ -200,6 +200,41 @@ def test_idle_models_are_unloaded_but_not_the_default(base):
         manager.shutdown()
 
 
+def test_a_request_keep_alive_replaces_the_idle_rule_for_its_model(base):
+    """Ollama's keep_alive: counted from the end of the last request, 0 unloads
+    after the answer, negative keeps the model past MODEL_IDLE_TIMEOUT."""
+    manager = make_manager(base, max_models=3, idle_timeout=1)
+    manager.start()
+    try:
+        wait_state(manager, "tiny-a", "ready")
+        with manager.acquire("tiny-b", 30) as lease:
+            lease.keep_for(-1)
+            generate(lease)
+        with manager.acquire("tiny-c", 30) as lease:
+            lease.keep_for(0)
+            generate(lease)
+            time.sleep(0.3)  # busy: not unloaded under the request
+            assert manager.describe("tiny-c")[0]["state"] == "ready"
+        wait_state(manager, "tiny-c", "unloaded", timeout=10)
+        time.sleep(2)  # past MODEL_IDLE_TIMEOUT
+        b = manager.describe("tiny-b")[0]
+        assert b["state"] == "ready" and b["expires_at"] is None
+        with manager.acquire("tiny-b", 30) as lease:
+            lease.keep_for(4)
+        expires = manager.describe("tiny-b")[0]["expires_at"]
+        assert expires is not None and 3 < expires - time.time() <= 4
+        wait_state(manager, "tiny-b", "unloaded", timeout=10)
+        with manager.acquire("tiny-a", 30) as lease:  # the default model stays
+            lease.keep_for(0)
+        time.sleep(0.5)
+        assert manager.describe("tiny-a")[0]["state"] == "ready"
+        with manager.acquire("tiny-b", 30):  # a fresh load follows the server's rule again
+            pass
+        assert manager.describe("tiny-b")[0]["expires_at"] <= time.time() + 1
+    finally:
+        manager.shutdown()
+
+
 def test_bundled_models_report_their_size_before_they_are_loaded(base):
     """The size of a bundled model's weights is known without resolving them
     (for Gemma that would assemble a file from the package's chunks)."""

@@ -26,7 +26,8 @@ from .anthropic.translate import render_error as anthropic_error
 from .base_app import new_app
 from .ollama import routes as ollama
 from .ollama.translate import render_error as ollama_error
-from .routes import console, custom_protocol, management, openai_compat, responses, system
+from .openai import responses, routes as openai
+from .routes import console, custom_protocol, management, system
 from .system_sampler import start_system_sampler
 
 
@@ -66,24 +67,24 @@ def model_figures(manager: ModelManager) -> list[dict[str, Any]]:
 
 # the protocol faces this service serves over its one core, and where each lives
 FACES = [{"name": "OpenAI", "base_url": "/v1"},
-         {"name": "Anthropic", "base_url": anthropic.ERROR_PREFIX},
-         {"name": "Ollama", "base_url": ollama.ERROR_PREFIX.rstrip("/")}]
+         {"name": "Anthropic", "base_url": anthropic.BASE_PATH},
+         {"name": "Ollama", "base_url": ollama.BASE_PATH}]
 
 
 def create_app(settings: Optional[Settings] = None,
                manager: Optional[ModelManager] = None) -> Flask:
     settings = settings or get_settings()
     app = new_app(settings, __name__)
-    app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(openai.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(responses.bp)
     app.register_blueprint(custom_protocol.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(anthropic.bp)
-    errors.register_error_shape(anthropic.ERROR_PREFIX, anthropic_error)
+    errors.register_error_shape(anthropic.claims, anthropic_error)
     app.register_blueprint(ollama.bp)
-    errors.register_error_shape(ollama.ERROR_PREFIX, ollama_error)
+    errors.register_error_shape(ollama.claims, ollama_error)
     platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
         manager, platform = build_model_manager(settings)

@@ -1,12 +1,12 @@
 """One error handler for both apps: every failure leaves as a JSON error in
 the wire shape of the face it was asked through (OpenAI's
 `{"error": {"message", "type", "param", "code"}}` unless a face registered
-its own for its paths), never as a stack trace."""
+its own for the requests it answers), never as a stack trace."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from flask import Flask, jsonify, request
+from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..core.exceptions import ServiceError
@@ -15,20 +15,21 @@ from ..utils.logger import logger
 _HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
                      405: ("method_not_allowed", "invalid_request_error"),
                      413: ("payload_too_large", "invalid_request_error")}
-# (path prefix, render(status, OpenAI-shaped body) -> that face's body)
+# (is the request the face's?, render(status, OpenAI-shaped body) -> that face's body)
 Renderer = Callable[[int, dict[str, Any]], dict[str, Any]]
-_FACE_SHAPES: list[tuple[str, Renderer]] = []
+Claims = Callable[[Request], bool]
+_FACE_SHAPES: list[tuple[Claims, Renderer]] = []
 
 
-def register_error_shape(prefix: str, render: Renderer) -> None:
-    """Errors of requests under `prefix` are rendered by `render`."""
-    if all(p != prefix for p, _ in _FACE_SHAPES):
-        _FACE_SHAPES.append((prefix, render))
+def register_error_shape(claims: Claims, render: Renderer) -> None:
+    """Errors of the requests `claims` recognises are rendered by `render`."""
+    if all(c is not claims for c, _ in _FACE_SHAPES):
+        _FACE_SHAPES.append((claims, render))
 
 
 def error_response(status: int, body: dict[str, Any]):
-    for prefix, render in _FACE_SHAPES:
-        if request.path.startswith(prefix):
+    for claims, render in _FACE_SHAPES:
+        if claims(request):
             return jsonify(render(status, body)), status
     return jsonify(body), status
 

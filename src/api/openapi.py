@@ -9,11 +9,12 @@ from flask import Flask
 from pydantic import BaseModel
 
 from .. import __version__
+from .openai.protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from .openai.responses_protocol import ResponsesRequest
 from .routes.custom_protocol import GenerateRequest
-from .responses_protocol import ResponsesRequest
 from .schemas import (ChatCompletionRequest, ClusterRestartRequest, ClusterScaleRequest,
                       ClusterStrategyRequest, ClusterUpstreamRequest, CompletionRequest,
-                      DetokenizeRequest, EmbeddingRequest, LoadModelRequest, TokenizeRequest)
+                      LoadModelRequest)
 
 # path -> the schema of its JSON body (the single service and the
 # load-balanced entry point, which passes the same bodies on, share them)

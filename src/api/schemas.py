@@ -1,4 +1,6 @@
-"""pydantic models of the OpenAI requests this service accepts.
+"""pydantic models of the requests the serving core takes: OpenAI's chat
+completions and completions bodies (every face translates into the chat one),
+and the management and cluster bodies.
 
 Unknown fields are ignored, as the OpenAI API and vLLM do: real clients
 send fields a local server has no use for.
@@ -244,51 +246,6 @@ class CompletionRequest(_SamplingFields):
         if all(isinstance(p, int) for p in self.prompt):
             return [list(self.prompt)]
         return list(self.prompt)
-
-
-class EmbeddingRequest(_Lenient):
-    model: str = ""  # empty: the default model
-    input: Union[str, list[str], list[int], list[list[int]]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = Field(None, ge=1)
-    user: Optional[str] = None
-
-    @model_validator(mode="after")
-    def _input_not_empty(self) -> "EmbeddingRequest":
-        if self.input == "" or self.input == [] or self.input == [""]:
-            raise InvalidRequestError("input must not be empty.", param="input")
-        if isinstance(self.input, list) and len(self.input) > MAX_EMBEDDING_INPUTS:
-            raise InvalidRequestError(f"At most {MAX_EMBEDDING_INPUTS} inputs per request.",
-                                      param="input")
-        return self
-
-    def inputs(self) -> list[Union[str, list[int]]]:
-        if isinstance(self.input, str):
-            return [self.input]
-        if all(isinstance(x, int) for x in self.input):
-            return [list(self.input)]  # type: ignore[arg-type]
-        return list(self.input)
-
-
-class TokenizeRequest(_Lenient):
-    """vLLM's /tokenize: `prompt`, or `messages` rendered with the chat template."""
-
-    model: str = ""  # empty: the default model
-    prompt: Optional[str] = None
-    messages: Optional[list[ChatMessage]] = None
-    add_special_tokens: bool = True
-    add_generation_prompt: bool = True
-
-    @model_validator(mode="after")
-    def _one_input(self) -> "TokenizeRequest":
-        if (self.prompt is None) == (self.messages is None):
-            raise InvalidRequestError("Give either 'prompt' or 'messages'.", param="prompt")
-        return self
-
-
-class DetokenizeRequest(_Lenient):
-    model: str = ""  # empty: the default model
-    tokens: list[int]
 
 
 class LoadModelRequest(ModelSettings):

@@ -7,20 +7,24 @@ error's message). At most MAX_CONCURRENT_MODELS are resident: loading one
 more unloads the least recently used idle one, or answers 409 when all are
 busy. An unload waits for the requests in flight (each holds a lease) up to
 a deadline; past it the engine ends them with a clean error. With
-MODEL_IDLE_TIMEOUT set, a model nobody used for that long is unloaded (the
-default model stays). Loads and unloads run in native threads: they are
+MODEL_IDLE_TIMEOUT set, a model nobody used for that long is unloaded; a
+request may set its own keep-alive for the model it used (Ollama's
+`keep_alive`: seconds after the answer, 0 at once, negative never), which
+replaces that rule for the model until it is unloaded. The default model
+always stays. Loads and unloads run in native threads: they are
 long native calls, and the hub must keep serving meanwhile.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from loguru import logger
 
-from .concurrency import (CrossThreadQueue, allocate_native_lock, call_in_native_thread,
-                          native_sleep, start_native_thread)
+from .concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_lock,
+                          call_in_native_thread, start_native_thread)
 from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotLoadedError,
                          ServiceError, ServiceUnavailableError)
 from .inference_engine import EngineOptions, InferenceEngine
@@ -40,6 +44,7 @@ class _Model:
     loading: Optional[InferenceEngine] = None  # the engine whose load is under way
     in_flight: int = 0
     last_used: float = 0.0
+    keep_for: Optional[float] = None  # a request's keep-alive in seconds; None: the server's rule
     loaded_at: Optional[float] = None
     load_seconds: Optional[float] = None
     load_waiters: list[CrossThreadQueue] = field(default_factory=list)
@@ -67,6 +72,11 @@ class ModelLease:
         self.model_id = model.model_id
         self.settings: ModelSettings = model.spec.settings
         self._released = False
+
+    def keep_for(self, seconds: Optional[float]) -> None:
+        """How long the model stays once idle: seconds after the last answer, 0
+        unloads it then, negative keeps it; None returns it to MODEL_IDLE_TIMEOUT."""
+        self._manager._keep(self._model, seconds)
 
     def release(self) -> None:
         if not self._released:
@@ -96,6 +106,7 @@ class ModelManager:
         self._models: dict[str, _Model] = {}
         self._lock = allocate_native_lock()  # held only for bookkeeping, never across a wait
         self._stopping = False
+        self._reaper = NativeWakeup()  # a model's expiry moved: look again
 
     # queries -----------------------------------------------------------------
     @property
@@ -125,6 +136,7 @@ class ModelManager:
                                 "load_seconds": model.load_seconds if model else None,
                                 "loaded_at": model.loaded_at if model else None,
                                 "last_used": model.last_used if model and model.last_used else None,
+                                "expires_at": self._expiry_of(model),
                                 "default": spec.model_id == self.default_model_id}
         if model and model.state == "loading":
             fraction, stage = model.loading.load_progress if model.loading else (0.0, "queued")
@@ -137,14 +149,13 @@ class ModelManager:
 
     # requests -----------------------------------------------------------------------
     def start(self) -> None:
-        """Begin loading the default model; start the idle reaper if asked for."""
+        """Begin loading the default model; start the reaper of idle models."""
         try:
             self._begin_load(self.catalog.get(self.default_model_id))
         except ServiceError as exc:
             ops_log.error("Default model {} cannot be loaded: {}", self.default_model_id,
                           exc.message)
-        if self._idle_timeout > 0:
-            start_native_thread(self._reap_idle)
+        start_native_thread(self._reap_idle)
 
     def acquire(self, name: str, timeout: float) -> ModelLease:
         """A lease on the ready model called `name` (an id or an alias),
@@ -186,6 +197,12 @@ class ModelManager:
             model.drain_waiters = [] if waiters else model.drain_waiters
         for waiter in waiters:
             waiter.put(True)
+        self._reaper.notify()
+
+    def _keep(self, model: _Model, seconds: Optional[float]) -> None:
+        with self._lock:
+            model.keep_for = seconds
+        self._reaper.notify()
 
     # loading --------------------------------------------------------------------------
     def load(self, name: str, model_path: Optional[str] = None, engine: Optional[str] = None,
@@ -376,26 +393,48 @@ class ModelManager:
             engine.unload()
         with self._lock:
             model.engine, model.state, model.loaded_at = None, "unloaded", None
+            model.keep_for = None
         ops_log.info("Unloaded {}{}", model.model_id,
                      f" ({left} requests in flight were ended)" if left else "")
 
+    def _expiry(self, model: _Model) -> float:
+        """When an idle model goes: its request keep-alive, else MODEL_IDLE_TIMEOUT."""
+        keep = model.keep_for if model.keep_for is not None else (self._idle_timeout or -1)
+        if keep < 0 or model.model_id == self.default_model_id:
+            return math.inf
+        return model.last_used + keep
+
+    def _expiry_of(self, model: Optional[_Model]) -> Optional[float]:
+        if model is None or model.state != "ready":
+            return None
+        expiry = self._expiry(model)
+        return None if math.isinf(expiry) else expiry
+
     def _reap_idle(self) -> None:
+        """Unload each idle model when its expiry passes; a busy one is looked at
+        again when its last request ends (a release wakes this thread)."""
         while not self._stopping:
-            native_sleep(min(max(self._idle_timeout / 4, 0.5), 30.0))
-            cutoff = time.time() - self._idle_timeout
+            now = time.time()
             with self._lock:
-                idle = [m for m in self._models.values()
-                        if m.state == "ready" and m.model_id != self.default_model_id
-                        and m.last_used < cutoff and not m.busy()]
-                for model in idle:
+                ready = [m for m in self._models.values() if m.state == "ready"]
+                idle = [m for m in ready if not m.busy()]
+                due = [m for m in idle if self._expiry(m) <= now]
+                for model in due:
                     model.state = "unloading"
-            for model in idle:
-                ops_log.info("Unloading {}: idle for more than MODEL_IDLE_TIMEOUT={:.0f}s",
-                             model.model_id, self._idle_timeout)
+                upcoming = min((self._expiry(m) for m in idle if m not in due), default=math.inf)
+            for model in due:
+                if model.keep_for is not None:
+                    ops_log.info("Unloading {}: its keep-alive of {:.0f}s after the last "
+                                 "request passed", model.model_id, model.keep_for)
+                else:
+                    ops_log.info("Unloading {}: idle for more than MODEL_IDLE_TIMEOUT={:.0f}s",
+                                 model.model_id, self._idle_timeout)
                 self._finish_unload(model)
+            self._reaper.wait(min(max(upcoming - time.time(), 0.05), 30.0))
 
     def shutdown(self) -> None:
         self._stopping = True
+        self._reaper.notify()
         for model in list(self._models.values()):
             if model.state == "ready":
                 model.state = "unloading"

@@ -1,26 +1,71 @@
 """`POST /v1/messages` (text, tools, thinking; streamed with Anthropic's
-event sequence) and `POST /v1/messages/count_tokens`. Keys come as
+event sequence), `POST /v1/messages/count_tokens`, and the model list in
+Anthropic's shape for clients that send `anthropic-version` (the same
+`/v1/models` answers OpenAI's shape to everyone else). Keys come as
 `x-api-key` or a bearer token; `anthropic-version` is accepted as sent."""
 from __future__ import annotations
 
 import json
 from typing import Any, Iterator, Optional
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Request, jsonify, request
 
-from ...core.exceptions import ServiceError
+from ...core.exceptions import NotFoundError, ServiceError
 from ..generation import Job, chat_prompt, collect_replies, job_deltas, run_stream
 from ..reply import Reasoning, ReplySummary
-from ..request_parsing import parse_body, validate_as
+from ..request_parsing import parse_body, query_int, validate_as
 from ..schemas import ChatCompletionRequest
 from ..serving import event_stream, manager, request_timeout, start_chat_job, with_model
 from ..tool_calls import Arguments, CallStart, Content
 from .protocol import CountTokensRequest, MessagesRequest
 from .translate import (chat_body, chat_messages, chat_tools, content_blocks, error_body,
-                        new_message_id, stop_reason, thinking_kwargs, tool_use_id, usage)
+                        model_info, new_message_id, stop_reason, thinking_kwargs, tool_use_id,
+                        usage)
 
 bp = Blueprint("anthropic", __name__)
-ERROR_PREFIX = "/v1/messages"  # where errors take Anthropic's shape
+BASE_PATH = "/v1/messages"
+MODELS_PATH = "/v1/models"
+
+
+def claims(req: Request) -> bool:
+    """The requests whose errors take Anthropic's shape: its routes, and any
+    request an Anthropic client sends (its SDKs send `anthropic-version`)."""
+    return req.path.startswith(BASE_PATH) or "anthropic-version" in req.headers
+
+
+@bp.before_app_request
+def models_in_anthropic_shape():
+    """`GET /v1/models[/{id}]` from an Anthropic client: its list (newest
+    first, paged by limit / after_id / before_id) or one model."""
+    if request.method != "GET" or "anthropic-version" not in request.headers:
+        return None
+    if request.path == MODELS_PATH:
+        return jsonify(_model_page([model_info(m) for m in manager().describe()]))
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    if rule == MODELS_PATH + "/<path:model_id>":
+        return jsonify(model_info(manager().describe(request.view_args["model_id"])[0]))
+    return None
+
+
+def _model_page(models: list[dict[str, Any]]) -> dict[str, Any]:
+    models.sort(key=lambda m: m["created_at"], reverse=True)
+    ids = [m["id"] for m in models]
+    limit = query_int("limit", 20, 1, 1000)
+    after, before = request.args.get("after_id"), request.args.get("before_id")
+    for name, anchor in (("after_id", after), ("before_id", before)):
+        if anchor is not None and anchor not in ids:
+            raise NotFoundError(f"No model '{anchor}' to page from.", param=name)
+    if before is not None:
+        end = ids.index(before)
+        page = models[max(end - limit, 0):end]
+        has_more = end - limit > 0
+    else:
+        start = ids.index(after) + 1 if after is not None else 0
+        page = models[start:start + limit]
+        has_more = start + limit < len(models)
+    return {"data": page, "has_more": has_more,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None}
 
 
 @bp.post("/v1/messages")

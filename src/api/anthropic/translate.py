@@ -4,7 +4,9 @@ tool_use) and Anthropic's stream events; errors get Anthropic's shape."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
@@ -26,6 +28,16 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 def render_error(status: int, openai_body: dict[str, Any]) -> dict[str, Any]:
     """An error of the shared hierarchy in Anthropic's wire shape."""
     return error_body(status, openai_body["error"]["message"])
+
+
+def model_info(info: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's model object; created_at is when the model's file was made."""
+    path = info.get("path")
+    made = info.get("loaded_at") or time.time()
+    if path and Path(path).exists():
+        made = Path(path).stat().st_mtime
+    return {"type": "model", "id": info["id"], "display_name": info["id"],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(made))}
 
 
 def _system_text(system: Optional[Union[str, list[TextBlock]]]) -> str:

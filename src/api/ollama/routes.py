@@ -1,17 +1,18 @@
 """Ollama's API under `/api`: version, tags, show, ps, chat and generate
 (NDJSON streams by default), embed and the older embeddings. A reply's
 reasoning is `thinking`, its tool calls come whole with arguments as
-objects; `keep_alive: 0` unloads the model after the answer (never the
-default model, which /health stands for)."""
+objects; `keep_alive` sets how long the model stays after the answer (0:
+unloaded then, negative: kept; absent: the server's MODEL_IDLE_TIMEOUT), by
+the model manager's rules: the default model, which /health stands for,
+always stays."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, stream_with_context
+from flask import Blueprint, Request, Response, jsonify, stream_with_context
 
 from ... import __version__
 from ...core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
@@ -29,8 +30,13 @@ from .translate import (chat_body, final_counts, generate_body, keep_alive_secon
                         now_iso, tool_calls)
 
 bp = Blueprint("ollama", __name__)
-ERROR_PREFIX = "/api/"  # where errors take Ollama's shape
+BASE_PATH = "/api"
 OLLAMA_VERSION = "0.13.0"  # the Ollama API level served: clients gate features on it
+
+
+def claims(req: Request) -> bool:
+    """The requests whose errors take Ollama's shape."""
+    return req.path.startswith(BASE_PATH + "/")
 
 
 def _describe(name: str) -> dict[str, Any]:
@@ -45,9 +51,8 @@ def _details(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tag(info: dict[str, Any]) -> dict[str, Any]:
-    modified = info.get("loaded_at") or time.time()
     return {"name": info["id"], "model": info["id"],
-            "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)),
+            "modified_at": _iso(info.get("loaded_at") or time.time()),
             "size": info.get("size_bytes") or 0, "digest": "", "details": _details(info)}
 
 
@@ -68,9 +73,16 @@ def running_models():
     models = []
     for info in manager().describe():
         if info["state"] == "ready":
-            models.append({**_tag(info), "expires_at": "0001-01-01T00:00:00Z",
+            models.append({**_tag(info), "expires_at": _iso(info["expires_at"] or NEVER),
                            "size_vram": 0})
     return jsonify({"models": models})
+
+
+NEVER = 253402300799.0  # 9999-12-31T23:59:59Z: a model kept until it is unloaded
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 @bp.post("/api/show")
@@ -110,9 +122,8 @@ def _answer_lines(job: Job, deadline: float, wrap, started: float) -> Iterator[d
            **final_counts(started, trace.ttft, trace.prompt_tokens, trace.completion_tokens)}
 
 
-def _respond(job: Job, deadline: float, wrap, stream: bool, keep_alive: Any):
+def _respond(job: Job, deadline: float, wrap, stream: bool):
     started = job.trace.started
-    unload_after = keep_alive_seconds(keep_alive) == 0
     if not stream:
         (result,) = collect_replies(job, deadline)
         reply = result.reply or ReplySummary(content=result.text)
@@ -123,15 +134,11 @@ def _respond(job: Job, deadline: float, wrap, stream: bool, keep_alive: Any):
                 "done_reason": "length" if result.finish_reason == "length" else "stop",
                 **final_counts(started, trace.ttft, trace.prompt_tokens,
                                trace.completion_tokens)}
-        if unload_after:
-            _unload_later(job.lease.model_id)
         return jsonify(body)
 
     def ndjson() -> Iterator[str]:
         for obj in _answer_lines(job, deadline, wrap, started):
             yield json.dumps(obj, ensure_ascii=False) + "\n"
-        if unload_after:
-            _unload_later(job.lease.model_id)
 
     def error_line(exc: ServiceError) -> str:
         return json.dumps({"error": exc.message}) + "\n"
@@ -142,21 +149,21 @@ def _respond(job: Job, deadline: float, wrap, stream: bool, keep_alive: Any):
     return response
 
 
-def _unload_later(model: str) -> None:
-    """keep_alive 0: the model goes once this answer is out (its lease released)."""
-    if model == manager().default_model_id:
-        return
-    threading.Thread(target=manager().unload, args=(model,), daemon=True).start()
-
-
 def _serve(req: Any, empty: bool, body: Callable[[], dict[str, Any]], endpoint: str,
            wrap: Callable[..., dict[str, Any]]):
-    if empty:  # Ollama: a request with nothing to answer only loads the model
-        with manager().acquire(model_id(req.model), request_timeout()):
-            pass
+    keep = keep_alive_seconds(req.keep_alive)
+    if empty and keep == 0:  # Ollama: nothing to answer and keep_alive 0 unloads
+        name = model_id(req.model)
+        if name != manager().default_model_id:
+            manager().unload(name)
+        return jsonify({**wrap("", None, None, True), "done_reason": "unload"})
+    if empty:  # nothing to answer: the model is only loaded
+        with manager().acquire(model_id(req.model), request_timeout()) as lease:
+            lease.keep_for(keep)
         return jsonify({**wrap("", None, None, True), "done_reason": "load"})
     job, deadline = start_chat_job(validate_as(ChatCompletionRequest, body()), endpoint)
-    return _respond(job, deadline, wrap, req.stream, req.keep_alive)
+    job.lease.keep_for(keep)  # counted from the end of this answer
+    return _respond(job, deadline, wrap, req.stream)
 
 
 @bp.post("/api/chat")

@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify
 from pydantic import Field
 
 from ...core.exceptions import InvalidRequestError
-from ..generation import chat_response, chat_stream
+from ..openai.render import chat_response, chat_stream
 from ..request_parsing import parse_body, read_json, validate_as
 from ..schemas import ChatCompletionRequest, _Lenient
 from ..serving import event_stream, start_chat_job

@@ -12,17 +12,17 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ...core.exceptions import InvalidRequestError, NotFoundError, ServiceError
 from ...core.response_store import ResponseStore
-from ..generation import (Job, collect_replies, job_deltas, run_stream, token_logprobs,
-                          usage_dict)
+from ..generation import Job, collect_replies, job_deltas, run_stream
 from ..middleware.auth import key_owner
 from ..reply import Reasoning, ReplySummary
 from ..request_parsing import parse_body, query_int, validate_as
-from ..responses_protocol import (INCLUDE_LOGPROBS, ResponsesRequest, chat_messages,
+from ..schemas import ChatCompletionRequest
+from ..serving import event_stream, start_chat_job
+from ..tool_calls import Arguments, CallStart, Content
+from .render import token_logprobs, usage_dict
+from .responses_protocol import (INCLUDE_LOGPROBS, ResponsesRequest, chat_messages,
                                   function_call_item, message_output, new_id, output_items,
                                   reasoning_item)
-from ..schemas import ChatCompletionRequest
-from ..tool_calls import Arguments, CallStart, Content
-from ..serving import event_stream, start_chat_job
 
 bp = Blueprint("responses", __name__)
 

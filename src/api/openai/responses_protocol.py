@@ -14,9 +14,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
-from .reply import ReplySummary
-from .schemas import MAX_TOOLS, _Lenient
+from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
+from ..reply import ReplySummary
+from ..schemas import MAX_TOOLS, _Lenient
 
 # include values: what this server fills in, and those of built-in tools, which
 # have nothing to include here since such tools are refused

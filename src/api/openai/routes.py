@@ -11,14 +11,14 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
-from ..generation import (chat_response, chat_stream, completion_response, completion_stream,
-                          start_completion)
+from ..generation import start_completion
 from ..middleware.rate_limit import token_reservation
 from ..request_parsing import parse_body
-from ..schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                       EmbeddingRequest, TokenizeRequest)
+from ..schemas import ChatCompletionRequest, CompletionRequest
 from ..serving import (cap_output, event_stream, manager, new_caller, request_timeout,
                        start_chat_job, with_model)
+from .protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from .render import chat_response, chat_stream, completion_response, completion_stream
 
 bp = Blueprint("openai", __name__)
 

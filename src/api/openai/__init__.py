@@ -1,0 +1,1 @@
+"""The OpenAI face: chat completions, completions, embeddings, models, the Responses API."""
