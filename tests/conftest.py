@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import requests
 
@@ -21,6 +22,7 @@ from tests.tiny_model import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "node"
+SMOL = "SmolLM2-135M-Instruct"  # the bundled default model of the test servers
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 
 
@@ -151,10 +153,35 @@ def tiny_server(tmp_path_factory, model_dir, tiny_model) -> Iterator[Server]:
 def smollm_server(tmp_path_factory) -> Iterator[Server]:
     """Gunicorn + gevent serving the real bundled models (SmolLM2 by default)."""
     tmp = tmp_path_factory.mktemp("smollm-server")
-    server = start_server(tmp, {"DEFAULT_MODEL": "SmolLM2-135M-Instruct",
+    server = start_server(tmp, {"DEFAULT_MODEL": SMOL,
                                 "MAX_CONCURRENT_MODELS": "2"})
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """llama.cpp itself (llama-cpp-python's Llama) on SmolLM2's file, with
+    every position's logits; flash attention on, as the engine's automatic
+    choice makes it on a CPU (off, the logprobs differ by up to 0.3)."""
+    from llama_cpp import Llama
+
+    from src.core.model_catalog import _smollm2_path
+
+    return Llama(str(_smollm2_path()), n_ctx=512, logits_all=True, flash_attn=True,
+                 verbose=False, n_threads=2)
+
+
+def reference_logprobs(llm, tokens: list[int]) -> list[float]:
+    """log P(token i | tokens before it), for i >= 1."""
+    llm.reset()
+    llm.eval(tokens)
+    scores = np.asarray(llm.scores[:len(tokens)], dtype=np.float64)
+    out = []
+    for i in range(1, len(tokens)):
+        row = scores[i - 1]
+        out.append(float(row[tokens[i]] - (row.max() + np.log(np.exp(row - row.max()).sum()))))
+    return out
 
 
 TOOLS_MODEL = "tiny-tools"  # the tiny chat model with room for a tool prompt (a byte a token)

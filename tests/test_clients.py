@@ -7,9 +7,7 @@ import os
 
 from pydantic import BaseModel, Field
 
-from tests.conftest import TOOLS_MODEL, needs_node, run_node_check
-
-SMOL = "SmolLM2-135M-Instruct"
+from tests.conftest import SMOL, TOOLS_MODEL, needs_node, run_node_check
 
 
 def test_langchain_invoke_stream_tools_and_structured_output(smollm_server, tools_server):

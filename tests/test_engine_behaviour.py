@@ -137,6 +137,32 @@ def test_ignore_eos_generates_past_the_end_token(served):
         assert goes_on.usage.completion_tokens == 6
 
 
+def test_prompt_logprobs_agree_with_the_generated_tokens_own(served):
+    """Scoring prompt + greedy continuation gives the continuation's tokens the
+    logprobs they had when generated; max_tokens 0 generates nothing."""
+    server, model, _ = served
+    client = server.client()
+    prompt = requests.post(f"{server.url}/tokenize", timeout=30, json={
+        "model": model, "prompt": "once upon a time", "add_special_tokens": False}).json()["tokens"]
+    made = requests.post(f"{server.base_url}/completions", timeout=60, json={
+        "model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 0,
+        "return_tokens_as_token_ids": True}).json()["choices"][0]["logprobs"]
+    generated = [int(t.removeprefix("token_id:")) for t in made["tokens"]]
+    whole = prompt + generated
+    scored = client.completions.create(model=model, prompt=whole, echo=True, logprobs=1,
+                                       max_tokens=0).choices[0]
+    lp = scored.logprobs
+    assert scored.finish_reason == "length" and len(lp.tokens) == len(whole)
+    assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:])
+    assert lp.token_logprobs[len(prompt):] == pytest.approx(made["token_logprobs"], abs=2e-3)
+    vllm_shape = requests.post(f"{server.base_url}/completions", timeout=60, json={
+        "model": model, "prompt": whole, "max_tokens": 1, "prompt_logprobs": 2}).json()
+    positions = vllm_shape["choices"][0]["prompt_logprobs"]
+    assert positions[0] is None and len(positions) == len(whole)
+    for token, logprob, position in zip(whole[1:], lp.token_logprobs[1:], positions[1:]):
+        assert position[str(token)]["logprob"] == pytest.approx(logprob, abs=2e-3)
+
+
 def test_a_folder_needs_an_engine_on_this_machine(tiny_server, model_dir):
     if not (model_dir / "tiny-llama-hf").exists():
         pytest.skip("no model folder was written (no MLX or vLLM here)")

@@ -98,11 +98,13 @@ def test_bad_output_options_are_precise_400s(tiny_server, kwargs, param):
 
 def test_completion_options_an_engine_lacks_are_refused(tiny_server):
     for kwargs, param in ((dict(suffix="end"), "suffix"),
-                          (dict(echo=True, logprobs=1), "logprobs"),
-                          (dict(logprobs=6), "logprobs")):
+                          (dict(max_tokens=0), "max_tokens"),  # scoring needs echo
+                          (dict(logprobs=6), "logprobs"),
+                          (dict(extra_body={"prompt_logprobs": 1}, stream=True),
+                           "prompt_logprobs")):
+        kwargs.setdefault("max_tokens", 2)
         with pytest.raises(openai.BadRequestError) as err:
-            tiny_server.client().completions.create(model="tiny-chat", prompt="a",
-                                                    max_tokens=2, **kwargs)
+            tiny_server.client().completions.create(model="tiny-chat", prompt="a", **kwargs)
         assert err.value.body["param"] == param
 
 

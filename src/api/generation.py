@@ -88,6 +88,9 @@ def _check_capabilities(engine: InferenceEngine, req: Any,
     if req.logprobs_wanted is not None and not caps.logprobs:
         raise UnsupportedFeatureError("This model's engine cannot return logprobs.",
                                       param="logprobs")
+    if req.prompt_logprobs_wanted is not None and not caps.prompt_logprobs:
+        raise UnsupportedFeatureError("This model's engine cannot score a prompt's tokens "
+                                      "(prompt logprobs).", param="prompt_logprobs")
     if json_schema is not None and not caps.grammar:
         raise UnsupportedFeatureError("This model's engine cannot constrain its output to a "
                                       "JSON schema.", param="response_format")
@@ -102,7 +105,7 @@ def _submit(lease: ModelLease, prompts: list[list[int]], req: Any, response_id: 
     try:
         _check_capabilities(lease.engine, req, json_schema)
         job.settle = caller.reserve(sum(len(t) for t in prompts) + len(prompts) * req.n * (
-            req.max_tokens or UNBOUNDED_OUTPUT_ESTIMATE))
+            UNBOUNDED_OUTPUT_ESTIMATE if req.max_tokens is None else req.max_tokens))
         for tokens in prompts:
             for choice in range(req.n):
                 job.streams.append(lease.engine.submit(GenerationRequest(
@@ -110,6 +113,7 @@ def _submit(lease: ModelLease, prompts: list[list[int]], req: Any, response_id: 
                     max_tokens=req.max_tokens, sampling=sampling_params(req, choice),
                     stop=req.stop_list, ignore_eos=req.ignore_eos,
                     logprobs=req.logprobs_wanted, json_schema=json_schema,
+                    prompt_logprobs=req.prompt_logprobs_wanted,
                     client=caller.client)))
     except BaseException as exc:
         job.close(getattr(exc, "status_code", 500))
@@ -197,6 +201,7 @@ class _Collected:
     reply: Optional[ReplySummary] = None  # the text read by the job's reply parser
     stop_sequence: Optional[str] = None  # the stop string that ended it, if one did
     answer_logprobs: list[dict[str, Any]] = field(default_factory=list)  # not the reasoning's
+    prompt_logprobs: Optional[list[dict[str, Any]]] = None  # when the request asked for them
 
 
 def _collect(stream: RequestStream, deadline: Optional[float], job: Job) -> _Collected:
@@ -220,6 +225,8 @@ def _collect(stream: RequestStream, deadline: Optional[float], job: Job) -> _Col
             trace.first_token()
         parts.append(delta.text)
         out.logprobs.extend(delta.logprobs or ())
+        if delta.prompt_logprobs is not None:
+            out.prompt_logprobs = delta.prompt_logprobs
         if parser is not None:
             new = parser.feed(delta.text, delta.token_count)
             events += new

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, StrictInt, field_validator,
+                      model_validator)
 
 from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..core.model_catalog import ModelSettings
@@ -86,6 +87,9 @@ class _SamplingFields(_Lenient):
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    # vLLM's extension: each prompt token's logprob and this many alternatives
+    prompt_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    return_tokens_as_token_ids: bool = False  # vLLM's: logprobs name tokens `token_id:<id>`
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -122,6 +126,18 @@ class _SamplingFields(_Lenient):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def prompt_logprobs_wanted(self) -> Optional[int]:
+        """Alternatives per prompt token the engine is to score, or None."""
+        return self.prompt_logprobs
+
+    @model_validator(mode="after")
+    def _prompt_logprobs_whole(self) -> "_SamplingFields":
+        if self.prompt_logprobs is not None and self.stream:
+            raise InvalidRequestError("prompt_logprobs is not available when streaming.",
+                                      param="prompt_logprobs")
+        return self
 
 
 class JsonSchemaFormat(_Lenient):
@@ -205,7 +221,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     suffix: Optional[str] = None
@@ -215,9 +231,9 @@ class CompletionRequest(_SamplingFields):
         if self.suffix:
             raise UnsupportedFeatureError("suffix (fill-in-the-middle) is not supported by "
                                           "this server.", param="suffix")
-        if self.echo and self.logprobs is not None:
-            raise UnsupportedFeatureError("logprobs together with echo (prompt logprobs) is "
-                                          "not supported by this server.", param="logprobs")
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidRequestError("max_tokens 0 only scores the prompt: set echo (and "
+                                      "logprobs) to get something back.", param="max_tokens")
         return self
 
     @property
@@ -225,10 +241,17 @@ class CompletionRequest(_SamplingFields):
         return self.logprobs
 
     @property
+    def prompt_logprobs_wanted(self) -> Optional[int]:
+        """echo with logprobs gives the prompt's tokens theirs, as the legacy API did."""
+        if self.prompt_logprobs is not None:
+            return max(self.prompt_logprobs, self.logprobs or 0)
+        return self.logprobs if self.echo else None
+
+    @property
     def json_schema(self) -> None:  # structured output is a chat feature
         return None
-    max_tokens: Optional[int] = Field(
-        16, ge=1, validation_alias=AliasChoices("max_tokens", "max_completion_tokens"))
+    max_tokens: Optional[int] = Field(  # 0 with echo: the prompt is scored, nothing generated
+        16, ge=0, validation_alias=AliasChoices("max_tokens", "max_completion_tokens"))
 
     @model_validator(mode="after")
     def _prompt_not_empty(self) -> "CompletionRequest":

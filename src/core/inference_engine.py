@@ -35,11 +35,13 @@ class SamplingParams:
 class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
-    max_tokens: Optional[int] = None  # None: up to the end of the context
+    max_tokens: Optional[int] = None  # None: up to the end of the context; 0: score the prompt only
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks)
     logprobs: Optional[int] = None  # None: none; k: the chosen token's and k alternatives
+    # None: none; k: each prompt token's logprob (given the tokens before it) and k alternatives
+    prompt_logprobs: Optional[int] = None
     json_schema: Optional[dict[str, Any]] = None  # the output must be JSON valid against it
     grammar: Optional[str] = None  # an engine's own grammar (llama.cpp: GBNF)
     client: str = ""  # who asked (key fingerprint or address): queues are fair per client
@@ -66,8 +68,12 @@ class GenerationDelta:
     finish_reason: Optional[str] = None  # "stop" | "length" | "tool_calls"
     stop_sequence: Optional[str] = None  # the request's stop string that ended it, if one did
     usage: Optional[Usage] = None
-    # per token: {"token_id", "token", "bytes", "logprob", "top": [same, without "top"]}
+    # per token: {"token_id", "token", "bytes", "logprob", "rank", "top": [same, without "top"]}
+    # (rank: 1 for the likeliest token of the vocabulary)
     logprobs: Optional[list[dict[str, Any]]] = None
+    # on a request's first delta, when asked for: one entry per prompt token, as
+    # above; the first token has nothing before it (logprob and rank None, no top)
+    prompt_logprobs: Optional[list[dict[str, Any]]] = None
     error: Optional[ServiceError] = None
 
     @property
@@ -101,6 +107,7 @@ class EngineCapabilities:
     chat_template: bool = True
     embeddings: bool = False
     logprobs: bool = False
+    prompt_logprobs: bool = False  # log-probabilities of the prompt's own tokens (scoring)
     grammar: bool = False
     tools: bool = False  # the chat template renders `tools` itself
     seed: bool = True
@@ -227,6 +234,13 @@ class InferenceEngine(ABC):
 
     @abstractmethod
     def detokenize(self, tokens: list[int]) -> str: ...
+
+    @abstractmethod
+    def tokenizer_info(self) -> dict[str, Any]:
+        """The tokenizer's configuration as vLLM's /tokenizer_info gives it
+        (tokenizer_config.json's fields): at least tokenizer_class,
+        bos_token, eos_token, pad_token, model_max_length and, when the model
+        has one, chat_template."""
 
     @abstractmethod
     def render_chat(self, messages: list[dict[str, Any]],

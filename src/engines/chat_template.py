@@ -50,6 +50,7 @@ class ChatTemplate:
             self._template = _compile(source)
         except TemplateError as exc:
             raise ValueError(f"invalid chat template: {exc}") from exc
+        self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.takes_tools = "tools" in source  # else tools go into a system prompt of ours

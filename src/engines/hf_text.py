@@ -25,7 +25,7 @@ class HFText:
     @property
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  grammar=True,
+                                  prompt_logprobs=True, grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
     @property
@@ -39,7 +39,8 @@ class HFText:
         if not request.prompt_tokens:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
         self._check_tokens(request.prompt_tokens, "prompt")
-        wanted = len(request.prompt_tokens) + (request.max_tokens or 1)
+        wanted = len(request.prompt_tokens) + (1 if request.max_tokens is None
+                                               else request.max_tokens)
         if wanted > self._context_length:
             raise ContextLengthExceededError(self._context_length, wanted)
 
@@ -49,6 +50,19 @@ class HFText:
     def detokenize(self, tokens: list[int]) -> str:
         self._check_tokens(tokens, "tokens")
         return self._tokenizer.decode(tokens)
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """The tokenizer's own settings (file paths left out), as vLLM reports them."""
+        tokenizer = getattr(self._tokenizer, "_tokenizer", self._tokenizer)  # mlx-lm wraps it
+        info = {key: _plain(value) for key, value in
+                (getattr(tokenizer, "init_kwargs", None) or {}).items()
+                if not key.endswith("_file")}
+        info.update(tokenizer_class=type(tokenizer).__name__,
+                    bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+                    pad_token=tokenizer.pad_token, model_max_length=self._context_length)
+        if self._template is not None:
+            info["chat_template"] = self._template.source
+        return info
 
     def render_chat(self, messages, tools=None, add_generation_prompt=True,
                     template_kwargs=None) -> str:
@@ -66,3 +80,14 @@ class HFText:
             return None
         return ChatTemplate(source, bos_token=tokenizer.bos_token or "",
                             eos_token=tokenizer.eos_token or "")
+
+
+def _plain(value: Any) -> Any:
+    """A tokenizer setting as JSON: special tokens (AddedToken) as their text."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(getattr(value, "content", value))

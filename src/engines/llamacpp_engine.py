@@ -36,6 +36,7 @@ from ..core.inference_engine import (EngineCapabilities, EngineStatus, Generatio
 from ..core.text_stream import IncrementalText
 from .chat_template import ChatTemplate, check_token_ids, render_or_refuse
 from .llamacpp_embeddings import LlamaCppEmbedder
+from .logprobs import first_entry, log_softmax, logprob_entry
 
 _LAX_JSON_CHAR = r'char ::= [^"\\] |'
 _STRICT_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
@@ -98,6 +99,13 @@ class _Sequence:
     cached_tokens: int = 0  # prompt tokens reused from the slot's cache
     generated: list[int] = field(default_factory=list)
     logits_index: int = -1  # row of this step's logits that belongs to us
+    # prompt logprobs asked for: the entries so far (handed out with the first delta)
+    prompt_entries: Optional[list[dict[str, Any]]] = None
+    scored_rows: list[tuple[int, int]] = field(default_factory=list)  # (logits row, prompt index)
+
+    def take_prompt_entries(self) -> Optional[list[dict[str, Any]]]:
+        entries, self.prompt_entries = self.prompt_entries, None
+        return entries
 
     @property
     def prefilling(self) -> bool:
@@ -237,7 +245,7 @@ class LlamaCppEngine(InferenceEngine):
     @property
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  embeddings=True,
+                                  prompt_logprobs=True, embeddings=True,
                                   grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
@@ -261,6 +269,26 @@ class LlamaCppEngine(InferenceEngine):
         self._check_tokens(tokens, "tokens")
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 
+    def tokenizer_info(self) -> dict[str, Any]:
+        vocab = self._vocab
+        pad = _lib.llama_vocab_pad(vocab)
+        info: dict[str, Any] = {
+            "tokenizer_class": f"GGUF:{self._meta('tokenizer.ggml.model') or 'unknown'}",
+            "bos_token": self._special_text(_lib.llama_vocab_bos(vocab)) or None,
+            "eos_token": self._special_text(_lib.llama_vocab_eos(vocab)) or None,
+            "pad_token": self._special_text(pad) if pad >= 0 else None,
+            "add_bos_token": self._add_bos,
+            "add_eos_token": bool(_lib.llama_vocab_get_add_eos(vocab)),
+            "model_max_length": self._n_ctx_seq, "vocab_size": self._n_vocab}
+        if self._template is not None:
+            info["chat_template"] = self._template.source
+        return info
+
+    def _meta(self, key: str) -> Optional[str]:
+        buf = ctypes.create_string_buffer(256)
+        n = _lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
     def render_chat(self, messages, tools=None, add_generation_prompt=True,
                     template_kwargs=None) -> str:
         prompt = render_or_refuse(self._template, self.model_id, messages, tools,
@@ -278,7 +306,7 @@ class LlamaCppEngine(InferenceEngine):
         if n_prompt == 0:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
         self._check_tokens(request.prompt_tokens, "prompt")
-        wanted = n_prompt + (request.max_tokens or 1)
+        wanted = n_prompt + (1 if request.max_tokens is None else request.max_tokens)
         if wanted > self._n_ctx_seq:
             raise ContextLengthExceededError(self._n_ctx_seq, wanted)
         for token in request.sampling.logit_bias:
@@ -369,21 +397,26 @@ class LlamaCppEngine(InferenceEngine):
             if stream.finished:
                 continue
             prompt = request.prompt_tokens
-            slot, reuse = self._take_slot(prompt)
+            scoring = request.prompt_logprobs is not None
+            # a scored prompt is decoded whole: cached KV has no logits to read
+            slot, reuse = self._take_slot(prompt, reuse_cache=not scoring)
             limit = self._n_ctx_seq - len(prompt)
             self._active[request.request_id] = _Sequence(
                 request=request, stream=stream, slot=slot,
-                max_tokens=min(request.max_tokens or limit, limit),
+                max_tokens=limit if request.max_tokens is None else min(request.max_tokens, limit),
                 prompt_left=list(prompt[reuse:]), n_past=reuse, cached_tokens=reuse,
                 text=IncrementalText(request.stop),
                 sampler=_Sampler(request.sampling, self._vocab, self._n_vocab, self._n_ctx_seq,
-                                 grammar))
+                                 grammar),
+                prompt_entries=[first_entry(self._piece, prompt[0])] if scoring else None)
 
-    def _take_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
+    def _take_slot(self, prompt: list[int], reuse_cache: bool = True) -> tuple[_Slot, int]:
         """A free slot for `prompt` and how many of its tokens are in that
         slot's KV already (copied there from another slot if need be)."""
         running = [(seq.slot, seq.known_tokens()) for seq in self._active.values()]
         target, source, shared = plan_slot(self._free_slots, running, prompt)
+        if not reuse_cache:
+            source, shared = target, 0
         if source is not target:
             _lib.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, -1, -1)
         self._free_slots.remove(target)
@@ -431,12 +464,18 @@ class LlamaCppEngine(InferenceEngine):
         chunks.sort(key=lambda c: c[0].slot.seq_id)
         batch, n = self._batch, 0
         for seq, chunk in chunks:
+            scoring = seq.prompt_entries is not None and seq.n_past < len(seq.request.prompt_tokens)
+            seq.scored_rows = []
             for i, token in enumerate(chunk):
                 batch.token[n] = token
                 batch.pos[n] = seq.n_past + i
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.slot.seq_id
                 batch.logits[n] = 0
+                target = seq.n_past + i + 1  # the prompt token these logits predict
+                if scoring and target < len(seq.request.prompt_tokens):
+                    batch.logits[n] = 1
+                    seq.scored_rows.append((n, target))
                 n += 1
             seq.n_past += len(chunk)
             if not seq.prefilling:  # its prompt is all in: the last token's logits start the output
@@ -451,7 +490,13 @@ class LlamaCppEngine(InferenceEngine):
             return
         produced = 0
         for seq in seqs:
-            if seq.logits_index >= 0 and not seq.stream.finished:
+            if seq.scored_rows and seq.prompt_entries is not None:
+                prompt, top = seq.request.prompt_tokens, seq.request.prompt_logprobs or 0
+                seq.prompt_entries += [self._logprobs(row, prompt[target], top)
+                                       for row, target in seq.scored_rows]
+            if seq.logits_index >= 0 and seq.max_tokens == 0 and not seq.stream.finished:
+                self._finish(seq, reason="length")  # the prompt was only to be scored
+            elif seq.logits_index >= 0 and not seq.stream.finished:
                 token = seq.sampler.sample(self._ctx, seq.logits_index)
                 logprobs = None
                 if seq.request.logprobs is not None:
@@ -474,7 +519,8 @@ class LlamaCppEngine(InferenceEngine):
             self._finish(seq, text=text + seq.text.finish(),
                          reason="stop" if seq.text.stopped else "length", logprobs=entries)
         else:
-            seq.stream.push(GenerationDelta(text=text, token_count=1, logprobs=entries))
+            seq.stream.push(GenerationDelta(text=text, token_count=1, logprobs=entries,
+                                            prompt_logprobs=seq.take_prompt_entries()))
 
     def _finish(self, seq: _Sequence, text: str = "", reason: Optional[str] = None,
                 error=None, keep_cache: bool = True,
@@ -486,6 +532,7 @@ class LlamaCppEngine(InferenceEngine):
         seq.stream.push(GenerationDelta(text=text, token_count=1 if seq.generated else 0,
                                         finish_reason=reason, usage=usage, error=error,
                                         logprobs=logprobs,
+                                        prompt_logprobs=seq.take_prompt_entries(),
                                         stop_sequence=seq.text.matched if reason else None))
 
     def _fail_all(self, error) -> None:
@@ -525,22 +572,8 @@ class LlamaCppEngine(InferenceEngine):
     def _logprobs(self, logits_index: int, token: int, top: int) -> dict[str, Any]:
         """The model's log-probability of `token`, and of the `top` likeliest tokens."""
         row = np.ctypeslib.as_array(_lib.llama_get_logits_ith(self._ctx, logits_index),
-                                    shape=(self._n_vocab,)).astype(np.float64)
-        peak = row.max()
-        log_total = peak + np.log(np.exp(row - peak).sum())
-        entry = self._token_entry(token, row[token] - log_total)
-        if top:
-            best = np.argpartition(row, -top)[-top:]
-            best = best[np.argsort(-row[best], kind="stable")]
-            entry["top"] = [self._token_entry(int(t), row[t] - log_total) for t in best]
-        else:
-            entry["top"] = []
-        return entry
-
-    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
-        piece = self._piece(token)
-        return {"token_id": token, "token": piece.decode("utf-8", "replace"),
-                "bytes": list(piece), "logprob": float(logprob)}
+                                    shape=(self._n_vocab,))
+        return logprob_entry(self._piece, log_softmax(row), token, top)
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)

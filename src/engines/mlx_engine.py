@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from loguru import logger
@@ -26,6 +26,9 @@ from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRe
 from ..core.text_stream import StopMatcher
 from .chat_template import ChatTemplate
 from .hf_text import HFText
+from .logprobs import first_entry, log_softmax, logprob_entry
+
+PROMPT_SCORE_CHUNK = 512  # prompt tokens per forward pass when a prompt is scored
 
 
 class MLXEngine(HFText, InferenceEngine):
@@ -242,18 +245,29 @@ class MLXEngine(HFText, InferenceEngine):
                                       param="response_format") from None
 
     @staticmethod
-    def _logprobs(tokenizer: Any, token: int, row: Any, top: int) -> dict[str, Any]:
-        """`row` is mlx-lm's log-softmax over the vocabulary for this step."""
-        values = np.array(row, dtype=np.float32).reshape(-1)
+    def _piece(tokenizer: Any) -> Callable[[int], bytes]:
+        return lambda token: tokenizer.decode([token]).encode("utf-8")
 
-        def entry(tid: int) -> dict[str, Any]:
-            text = tokenizer.decode([tid])
-            return {"token_id": tid, "token": text, "bytes": list(text.encode()),
-                    "logprob": float(values[tid])}
+    def _prompt_logprobs(self, model: Any, tokenizer: Any, prompt: list[int],
+                         top: int) -> list[dict[str, Any]]:
+        """Each prompt token's log-probability given the tokens before it: a
+        pass of its own over the prompt (a fresh cache, in chunks), so the
+        prompt cache and the generation that follows are untouched."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
 
-        best = np.argpartition(-values, top - 1)[:top] if top else np.array([], dtype=int)
-        best = best[np.argsort(-values[best], kind="stable")]
-        return {**entry(token), "top": [entry(int(t)) for t in best]}
+        piece = self._piece(tokenizer)
+        entries = [first_entry(piece, prompt[0])]
+        cache = make_prompt_cache(model)
+        for start in range(0, len(prompt) - 1, PROMPT_SCORE_CHUNK):
+            chunk = prompt[start:start + PROMPT_SCORE_CHUNK]
+            logits = model(mx.array(chunk)[None], cache=cache)[0].astype(mx.float32)
+            rows = np.array(logits)
+            for i, row in enumerate(rows):
+                target = start + i + 1
+                if target < len(prompt):
+                    entries.append(logprob_entry(piece, log_softmax(row), prompt[target], top))
+        return entries
 
     def _model_context(self, model: Any) -> int:
         args = getattr(model, "args", None)
@@ -283,8 +297,15 @@ class MLXEngine(HFText, InferenceEngine):
             presence_penalty=s.presence_penalty or None,
             frequency_penalty=s.frequency_penalty or None)
         stops = StopMatcher(request.stop)
-        max_tokens = request.max_tokens or (self._context_length - len(request.prompt_tokens))
+        max_tokens = (self._context_length - len(request.prompt_tokens)
+                      if request.max_tokens is None else request.max_tokens)
         prompt = request.prompt_tokens
+        prompt_entries = (None if request.prompt_logprobs is None else
+                          self._prompt_logprobs(model, tokenizer, prompt, request.prompt_logprobs))
+        if max_tokens == 0:  # the prompt was only to be scored
+            stream.push(GenerationDelta(finish_reason="length", usage=Usage(len(prompt), 0, 0),
+                                        prompt_logprobs=prompt_entries))
+            return
         reuse = self._reuse_cache(model, prompt)
         self._running = request.request_id
         generated, finish, started = 0, None, time.monotonic()
@@ -298,24 +319,29 @@ class MLXEngine(HFText, InferenceEngine):
                 if request.request_id in self._aborted or self._stopping:
                     break
                 generated += 1
-                logprobs = (None if request.logprobs is None else
-                            [self._logprobs(tokenizer, out.token, out.logprobs, request.logprobs)])
+                logprobs = (None if request.logprobs is None else [logprob_entry(
+                    self._piece(tokenizer), np.array(out.logprobs, dtype=np.float32).reshape(-1),
+                    out.token, request.logprobs)])
                 text, stopped = stops.feed(out.text)
                 if stopped:
                     finish = "stop"
                 elif out.finish_reason:
                     finish, text = out.finish_reason, text + stops.flush()
+                first, prompt_entries = prompt_entries, None  # handed out once
                 if finish:
                     stream.push(GenerationDelta(
                         text=text, token_count=1, finish_reason=finish, logprobs=logprobs,
-                        usage=Usage(len(prompt), generated, reuse), stop_sequence=stops.matched))
+                        usage=Usage(len(prompt), generated, reuse), stop_sequence=stops.matched,
+                        prompt_logprobs=first))
                     break
-                stream.push(GenerationDelta(text=text, token_count=1, logprobs=logprobs))
+                stream.push(GenerationDelta(text=text, token_count=1, logprobs=logprobs,
+                                            prompt_logprobs=first))
             else:  # the generator ended without saying why
                 if request.request_id not in self._aborted:
                     stream.push(GenerationDelta(
                         text=stops.flush(), finish_reason="length" if generated >= max_tokens
-                        else "stop", usage=Usage(len(prompt), generated, reuse)))
+                        else "stop", usage=Usage(len(prompt), generated, reuse),
+                        prompt_logprobs=prompt_entries))
         except Exception as exc:  # an MLX failure ends this request, not the thread
             logger.exception("MLX generation failed for {}", self.model_id)
             stream.push(GenerationDelta(error=EngineError(f"MLX generation failed: {exc}")))

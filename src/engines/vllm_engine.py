@@ -162,9 +162,11 @@ class VLLMEngine(HFText, InferenceEngine):
                 frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
                 logit_bias=dict(s.logit_bias) or None, stop=list(request.stop) or None,
                 ignore_eos=request.ignore_eos,
-                max_tokens=request.max_tokens or
-                (self._context_length - len(request.prompt_tokens)),
-                logprobs=request.logprobs, output_kind=RequestOutputKind.DELTA,
+                # vLLM generates at least one token: a prompt only to be scored drops it
+                max_tokens=max(request.max_tokens, 1) if request.max_tokens is not None
+                else self._context_length - len(request.prompt_tokens),
+                logprobs=request.logprobs, prompt_logprobs=request.prompt_logprobs,
+                output_kind=RequestOutputKind.DELTA,
                 structured_outputs=StructuredOutputsParams(json=request.json_schema)
                 if request.json_schema is not None else None)
         except ValueError as exc:
@@ -239,20 +241,25 @@ class VLLMEngine(HFText, InferenceEngine):
         generated = cached = 0
         self._waiting += 1
         started = False
+        score_only = request.max_tokens == 0
         try:
             async for out in self._llm.generate({"prompt_token_ids": request.prompt_tokens},
                                                 params, request_id=rid, priority=priority):
                 if not started:
                     started, self._waiting = True, self._waiting - 1
                 choice = out.outputs[0]
-                generated += len(choice.token_ids)
                 cached = max(cached, out.num_cached_tokens or 0)  # not on every delta
-                delta = GenerationDelta(text=choice.text, token_count=len(choice.token_ids),
-                                        logprobs=self._logprobs(choice, request.logprobs))
+                delta = GenerationDelta(prompt_logprobs=self._prompt_logprobs(
+                    request.prompt_tokens, out.prompt_logprobs, request.prompt_logprobs))
+                if not score_only:
+                    generated += len(choice.token_ids)
+                    delta.text, delta.token_count = choice.text, len(choice.token_ids)
+                    delta.logprobs = self._logprobs(choice, request.logprobs)
                 if out.finished:
-                    delta.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+                    delta.finish_reason = ("length" if score_only or choice.finish_reason == "length"
+                                           else "stop")
                     # vLLM's stop_reason: the stop string that matched (a token id for stop tokens)
-                    if isinstance(choice.stop_reason, str):
+                    if isinstance(choice.stop_reason, str) and not score_only:
                         delta.stop_sequence = choice.stop_reason
                     delta.usage = Usage(len(request.prompt_tokens), generated, cached)
                 stream.push(delta)
@@ -271,18 +278,32 @@ class VLLMEngine(HFText, InferenceEngine):
                     del self._in_flight[request.client]
             self._tokens_generated += generated
 
+    def _entry(self, token: int, lp: Any) -> dict[str, Any]:
+        text = lp.decoded_token or self._tokenizer.decode([token])
+        return {"token_id": token, "token": text, "bytes": list(text.encode()),
+                "logprob": float(lp.logprob), "rank": lp.rank}
+
+    def _ranked(self, token: int, alternatives: dict[int, Any], top: int) -> dict[str, Any]:
+        """vLLM's logprobs at one position (the token's own and the top
+        ranks) as an entry of GenerationDelta.logprobs."""
+        ranked = sorted(alternatives.items(), key=lambda kv: kv[1].rank or 0)
+        return {**self._entry(token, alternatives[token]),
+                "top": [self._entry(t, lp) for t, lp in ranked
+                        if lp.rank is not None and lp.rank <= top][:top]}
+
     def _logprobs(self, choice: Any, top: Optional[int]) -> Optional[list[dict[str, Any]]]:
         if top is None or not choice.logprobs:
             return None
-        entries = []
-        for token, alternatives in zip(choice.token_ids, choice.logprobs):
-            def entry(tid: int, lp: Any) -> dict[str, Any]:
-                text = lp.decoded_token or self._tokenizer.decode([tid])
-                return {"token_id": tid, "token": text, "bytes": list(text.encode()),
-                        "logprob": float(lp.logprob)}
+        return [self._ranked(token, alternatives, top)
+                for token, alternatives in zip(choice.token_ids, choice.logprobs)]
 
-            ranked = sorted(alternatives.items(), key=lambda kv: kv[1].rank or 0)
-            entries.append({**entry(token, alternatives[token]),
-                            "top": [entry(t, lp) for t, lp in ranked
-                                    if lp.rank is not None and lp.rank <= top][:top]})
-        return entries
+    def _prompt_logprobs(self, prompt: list[int], positions: Optional[list[Any]],
+                         top: Optional[int]) -> Optional[list[dict[str, Any]]]:
+        """vLLM gives them once, on the first output; the first position is None."""
+        if top is None or not positions:
+            return None
+        first = self._tokenizer.decode([prompt[0]])
+        entries = [{"token_id": prompt[0], "token": first, "bytes": list(first.encode()),
+                    "logprob": None, "rank": None, "top": []}]
+        return entries + [self._ranked(token, alternatives, top)
+                          for token, alternatives in zip(prompt[1:], positions[1:])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from ...core.exceptions import InvalidRequestError
 from ..schemas import MAX_EMBEDDING_INPUTS, ChatMessage, _Lenient
@@ -13,7 +13,7 @@ from ..schemas import MAX_EMBEDDING_INPUTS, ChatMessage, _Lenient
 
 class EmbeddingRequest(_Lenient):
     model: str = ""  # empty: the default model
-    input: Union[str, list[str], list[int], list[list[int]]]
+    input: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = Field(None, ge=1)
     user: Optional[str] = None
@@ -53,4 +53,4 @@ class TokenizeRequest(_Lenient):
 
 class DetokenizeRequest(_Lenient):
     model: str = ""  # empty: the default model
-    tokens: list[int]
+    tokens: list[StrictInt]

@@ -1,5 +1,5 @@
 """The OpenAI routes: models, chat completions, completions, embeddings; and vLLM's
-/tokenize and /detokenize."""
+/tokenize, /detokenize and /tokenizer_info."""
 from __future__ import annotations
 
 import base64
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..generation import start_completion
@@ -85,6 +85,15 @@ def tokenize():
         tokens = engine.tokenize(text, add_special=req.add_special_tokens)
         return jsonify({"count": len(tokens), "max_model_len": engine.context_length,
                         "tokens": tokens})
+
+
+@bp.get("/tokenizer_info")
+def tokenizer_info():
+    """vLLM's /tokenizer_info (what lm-eval's remote tokenizer reads): the
+    tokenizer's settings and chat template; `?model=` picks a model."""
+    name = request.args.get("model") or manager().default_model_id
+    with manager().acquire(name, request_timeout()) as lease:
+        return jsonify(lease.engine.tokenizer_info())
 
 
 @bp.post("/detokenize")
