@@ -67,13 +67,12 @@ def guarded(tmp_path_factory, model_dir, tiny_model, keys_file):
     stop_server(server)
 
 
-def operations(server) -> list[tuple[str, str]]:
-    """Every (method, path) the server documents."""
+def operations(server) -> list[tuple[str, str, dict]]:
+    """Every (method, path, operation) the server documents."""
     doc = requests.get(f"{server.url}/openapi.json", headers=auth(USER_KEYS[0]), timeout=10)
     assert doc.status_code == 200
-    ops = [(m, p) for p, item in doc.json()["paths"].items() for m in item]
-    admin = {(m, p) for p, item in doc.json()["paths"].items() for m, op in item.items()
-             if op.get("x-admin-only")}
+    ops = [(m, p, op) for p, item in doc.json()["paths"].items() for m, op in item.items()]
+    admin = {(m, p) for m, p, op in ops if op.get("x-admin-only")}
     assert admin == ADMIN_ROUTES
     return ops
 
@@ -84,15 +83,20 @@ def call(server, method: str, path: str, **kwargs) -> requests.Response:
     return requests.request(method, url, json=body, timeout=60, **kwargs)
 
 
-def test_every_route_but_health_needs_a_key(guarded):
+def test_every_route_the_spec_guards_needs_a_key(guarded):
+    """The spec says which routes ask for a key (all but /health, `/` and the
+    console's files, with API_KEYS set), and the server agrees."""
     ops = operations(guarded)
     assert len(ops) > 20
-    for method, path in ops:
-        if path in ("/health", "/", "/ui", "/ui/") or path.startswith("/ui/static/"):
+    open_paths = {p for _, p, op in ops if "security" not in op}
+    assert open_paths == {"/health", "/", "/ui", "/ui/", "/ui/static/{filename}"}
+    for method, path, op in ops:
+        if "security" not in op:
             # open: liveness, and the console's files (the page asks for the key itself)
             path = path.replace("{filename}", "console.js")
             assert call(guarded, method, path).status_code in (200, 302), path
             continue
+        assert op["security"] == [{"bearer": []}, {"api_key": []}]
         if path.startswith("/v1/messages"):  # the Anthropic face: its own error shape
             for headers in ({}, auth("wrong-key"), {"x-api-key": "wrong"}):
                 resp = call(guarded, method, path, headers=headers)

@@ -20,12 +20,9 @@ from ..utils.config import Settings, get_settings
 from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
-from . import errors
 from .anthropic import routes as anthropic
-from .anthropic.translate import render_error as anthropic_error
 from .base_app import new_app
 from .ollama import routes as ollama
-from .ollama.translate import render_error as ollama_error
 from .openai import responses, routes as openai
 from .routes import console, custom_protocol, management, system
 from .system_sampler import start_system_sampler
@@ -71,20 +68,17 @@ FACES = [{"name": "OpenAI", "base_url": "/v1"},
          {"name": "Ollama", "base_url": ollama.BASE_PATH}]
 
 
+# the single service's routes (each face renders its errors in its own shape)
+BLUEPRINTS = [openai.bp, management.bp, system.bp, responses.bp, custom_protocol.bp,
+              console.bp, anthropic.bp, ollama.bp]
+
+
 def create_app(settings: Optional[Settings] = None,
                manager: Optional[ModelManager] = None) -> Flask:
     settings = settings or get_settings()
     app = new_app(settings, __name__)
-    app.register_blueprint(openai.bp)
-    app.register_blueprint(management.bp)
-    app.register_blueprint(system.bp)
-    app.register_blueprint(responses.bp)
-    app.register_blueprint(custom_protocol.bp)
-    app.register_blueprint(console.bp)
-    app.register_blueprint(anthropic.bp)
-    errors.register_error_shape(anthropic.claims, anthropic_error)
-    app.register_blueprint(ollama.bp)
-    errors.register_error_shape(ollama.claims, ollama_error)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
     platform: dict[str, Any] = {"info": None, "choice": None}
     if manager is None:
         manager, platform = build_model_manager(settings)

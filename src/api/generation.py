@@ -147,7 +147,8 @@ def drop_oldest_turn(messages: list[dict[str, Any]]) -> Optional[list[dict[str, 
 def chat_prompt(engine: InferenceEngine, req: ChatCompletionRequest, truncate: bool = False
                 ) -> tuple[Optional[ToolSetup], str, list[int]]:
     """A chat's tools checked, its prompt rendered with the model's template, and its tokens."""
-    setup = tool_setup(req.tools, req.tool_choice, req.parallel_tool_calls, req.max_tool_calls)
+    setup = tool_setup(req.tool_list(), req.tool_choice_value(), req.parallel_tool_calls,
+                       req.max_tool_calls)
     if setup and setup.call_schema() and req.json_schema:
         raise InvalidRequestError("response_format cannot be combined with a required or "
                                   "named tool_choice.", param="response_format")

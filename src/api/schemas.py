@@ -7,14 +7,15 @@ send fields a local server has no use for.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, StrictInt, field_validator,
-                      model_validator)
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, Strict, StrictInt,
+                      field_validator, model_validator)
 
 from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..core.model_catalog import ModelSettings
 from ..engines.chat_template import RESERVED_TEMPLATE_VARIABLES
+from .spec import Answer
 
 
 MAX_CHOICES = 16  # `n`: each choice is a sequence of its own in the engine
@@ -25,8 +26,65 @@ MAX_TOOLS = 128  # as OpenAI
 MAX_LOGIT_BIAS = 300  # tokens one request may bias
 
 
+Text = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
+
+
+def inputs_of(most: int) -> Any:
+    """A prompt or an input: a text, texts, token ids, or lists of them (at most
+    `most` of those); none of them empty."""
+    return Union[Text, Annotated[list[Text], Field(min_length=1, max_length=most)], TokenIds,
+                 Annotated[list[TokenIds], Field(min_length=1, max_length=most)]]
+
+
+def null_is_default(schema: dict[str, Any]) -> None:
+    """json_schema_extra of a field that takes null for its default value."""
+    kept = {k: schema.pop(k) for k in list(schema) if k not in ("title", "default", "description")}
+    schema["anyOf"] = [kept, {"type": "null"}]
+
+
+def _takes_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    return any(_takes_int(arg) for arg in get_args(annotation) if arg is not bool)
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Unknown fields are ignored (clients send what a local server has no use
+    for); known ones are strict: a boolean is not a number, 1.5 not a count,
+    "3" not a 3. A whole float is a whole number, as JSON Schema counts it."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_floats_are_integers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        keys = cls._integer_keys()
+        return {k: _integral(v) if k in keys else v for k, v in data.items()}
+
+    @classmethod
+    def _integer_keys(cls) -> frozenset[str]:
+        keys = cls.__dict__.get("_integer_key_cache")
+        if keys is None:
+            names: set[str] = set()
+            for name, info in cls.model_fields.items():
+                if _takes_int(info.annotation):
+                    names.add(name)
+                    alias = info.validation_alias
+                    names.update(alias.choices if isinstance(alias, AliasChoices) else ())
+            keys = frozenset(str(n) for n in names)
+            setattr(cls, "_integer_key_cache", keys)
+        return keys
 
 
 class TextPart(_Lenient):
@@ -76,14 +134,15 @@ class _SamplingFields(_Lenient):
     model: str = ""  # empty: the default model (Dify's credential check sends none)
     max_tokens: Optional[int] = Field(
         None, ge=1, validation_alias=AliasChoices("max_tokens", "max_completion_tokens"))
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, json_schema_extra=null_is_default)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, json_schema_extra=null_is_default)
     top_k: int = Field(0, ge=-1)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
-    logit_bias: Optional[dict[int, float]] = None
+    # JSON keys are strings: token ids are read from them
+    logit_bias: Optional[dict[Annotated[int, Strict(False)], float]] = None
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
@@ -167,13 +226,34 @@ class ResponseFormat(_Lenient):
         return None
 
 
+class FunctionDef(_Lenient):
+    name: str = Field(min_length=1)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None  # a JSON schema
+    strict: Optional[bool] = None
+
+
+class ToolDef(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(_Lenient):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    tools: Optional[list[dict[str, Any]]] = Field(None, max_length=MAX_TOOLS)
-    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    tools: Optional[list[ToolDef]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = None
     max_tool_calls: Optional[int] = Field(None, ge=1)  # the Responses API's; an extension here
-    logprobs: bool = False
+    logprobs: bool = Field(False, json_schema_extra=null_is_default)
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     response_format: Optional[ResponseFormat] = None
     # further variables for the chat template (Qwen3's enable_thinking), as vLLM takes them
@@ -187,6 +267,16 @@ class ChatCompletionRequest(_SamplingFields):
         if taken:
             raise ValueError(f"{', '.join(taken)} cannot be set through chat_template_kwargs")
         return value
+
+    def tool_list(self) -> Optional[list[dict[str, Any]]]:
+        """The tools as the chat template and the tool-call parser read them."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+    def tool_choice_value(self) -> Optional[str]:
+        """none / auto / required, or the name of the one function to call."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice
 
     def template_kwargs(self) -> dict[str, Any]:
         """The chat template's variables beyond the messages and tools.
@@ -221,7 +311,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
+    prompt: inputs_of(MAX_SEQUENCES)  # type: ignore[valid-type]
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     suffix: Optional[str] = None
@@ -254,9 +344,7 @@ class CompletionRequest(_SamplingFields):
         16, ge=0, validation_alias=AliasChoices("max_tokens", "max_completion_tokens"))
 
     @model_validator(mode="after")
-    def _prompt_not_empty(self) -> "CompletionRequest":
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError("prompt must not be an empty list")
+    def _sequences_in_bounds(self) -> "CompletionRequest":
         if len(self.prompts()) * self.n > MAX_SEQUENCES:
             raise InvalidRequestError(f"At most {MAX_SEQUENCES} sequences (prompts times n) "
                                       f"per request.", param="prompt")
@@ -307,3 +395,92 @@ class ClusterUpstreamRequest(_Strict):
     url: str = Field(min_length=1, max_length=2048)
     weight: int = Field(1, ge=1, le=1000)
     api_key: Optional[str] = Field(None, max_length=4096)
+
+
+# --- success answers of the management, system and cluster routes -------------------------
+
+class Health(Answer):
+    status: Literal["healthy", "unavailable"]
+    models_ready: list[str]
+    models_loading: list[str] = []
+    model_errors: dict[str, Optional[str]] = {}
+    default_model: Optional[str] = None
+
+
+class ClusterHealth(Answer):
+    status: Literal["healthy", "unavailable"]
+    mode: Literal["load_balance"]
+    healthy_instances: int
+    total_instances: int
+    models_ready: list[str]
+
+
+class ModelInfo(Answer):
+    """A model as the model manager describes it (the console's model page)."""
+
+    id: str
+    state: Literal["unloaded", "loading", "ready", "unloading", "error"]
+    error: Optional[str] = None
+    engine: Optional[str] = None
+    path: Optional[str] = None
+    size_bytes: Optional[int] = None
+    requests_in_flight: int = 0
+    load_seconds: Optional[float] = None
+    loaded_at: Optional[float] = None
+    last_used: Optional[float] = None
+    expires_at: Optional[float] = None  # when an idle model is unloaded; None: never
+    default: bool = False
+    load_progress: Optional[float] = None  # while loading
+    load_stage: Optional[str] = None
+    runtime: Optional[dict[str, Any]] = None  # the engine's figures, once ready
+
+
+class DeletedModel(Answer):
+    id: str
+    object: Literal["model"]
+    deleted: bool
+
+
+class SystemStatus(Answer):
+    status: Literal["ok"]
+    version: str
+    uptime_seconds: float
+    security: dict[str, Any]
+
+
+class ProbeResult(Answer):
+    ok: bool
+    latency_ms: float
+    error: Optional[str] = None
+
+
+class DeepHealth(Answer):
+    status: Literal["healthy", "unhealthy"]
+    models: dict[str, ProbeResult]
+
+
+class SystemMetrics(Answer):
+    timestamp: float
+    system: dict[str, Any]
+    inference: dict[str, Any]
+
+
+class LogLines(Answer):
+    object: Literal["list"]
+    file: str
+    data: list[dict[str, Any]]
+
+
+class ClusterChange(Answer):
+    """An answer of the cluster API: what changed (fields per route)."""
+
+
+class Deleted(Answer):
+    id: str
+    deleted: bool
+
+
+class OpenAPIDocument(Answer):
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]

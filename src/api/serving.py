@@ -47,10 +47,13 @@ def new_caller(model: str, endpoint: str, req: Any) -> Caller:
 
 
 def cap_output(req: Any) -> Any:
-    """MAX_OUTPUT_TOKENS: the default max_tokens, and the most one may ask."""
+    """MAX_OUTPUT_TOKENS: the default max_tokens, and the most one may ask
+    (a route's own default, completions' 16, is kept under it)."""
     cap = current_app.config["SETTINGS"].max_output_tokens
     if cap and req.max_tokens is None:
         req.max_tokens = cap
+    elif cap and "max_tokens" not in req.model_fields_set:
+        req.max_tokens = min(req.max_tokens, cap)
     elif cap and req.max_tokens > cap:
         raise InvalidRequestError(f"max_tokens is too large: {req.max_tokens}. This server "
                                   f"allows at most {cap} completion tokens.", param="max_tokens")

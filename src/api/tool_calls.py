@@ -59,36 +59,18 @@ class ToolSetup:
         return {"type": "array", "minItems": 1, "items": call} if self.parallel else call
 
 
-def tool_setup(tools: Optional[list[dict[str, Any]]], tool_choice: Any,
+def tool_setup(tools: Optional[list[dict[str, Any]]], tool_choice: Optional[str],
                parallel: Optional[bool], max_calls: Optional[int] = None) -> Optional[ToolSetup]:
-    """The request's tools checked, or None when no tool may be called."""
+    """The request's tools (their shape checked by the request's schema) and
+    tool_choice (none / auto / required / a function's name) together, or
+    None when no tool may be called."""
     if not tools:
         if tool_choice not in (None, "none", "auto"):
             raise InvalidRequestError("tool_choice needs tools.", param="tool_choice")
         return None
-    for i, tool in enumerate(tools):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type", "function") != "function" or not isinstance(fn, dict) \
-                or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise InvalidRequestError("Each tool must be {\"type\": \"function\", \"function\": "
-                                      "{\"name\": ..., \"parameters\": {...}}}.",
-                                      param=f"tools[{i}]")
-        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-            raise InvalidRequestError("A function's parameters must be a JSON schema object.",
-                                      param=f"tools[{i}].function.parameters")
     choice = tool_choice if tool_choice is not None else "auto"
     if choice == "none":
         return None
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if choice.get("type") != "function" or not name:
-            raise InvalidRequestError("tool_choice must be none, auto, required, or "
-                                      "{\"type\": \"function\", \"function\": {\"name\": ...}}.",
-                                      param="tool_choice")
-        choice = name
-    elif choice not in ("auto", "required"):
-        raise InvalidRequestError("tool_choice must be none, auto, required, or a function.",
-                                  param="tool_choice")
     setup = ToolSetup(list(tools), choice, parallel is not False,
                       max_calls if parallel is not False else 1)
     if choice not in ("auto", "required") and choice not in setup.names:

@@ -2,11 +2,12 @@
 Code and the `anthropic` SDKs send to `/v1/messages`."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field
 
 from ..schemas import MAX_MESSAGES, MAX_TOOLS, _Lenient
+from ..spec import Answer
 
 
 class TextBlock(_Lenient):
@@ -60,3 +61,58 @@ class CountTokensRequest(_Lenient):
     tools: Optional[list[ToolParam]] = Field(None, max_length=MAX_TOOLS)
     tool_choice: Optional[ToolChoice] = None
     thinking: Optional[ThinkingConfig] = None
+
+
+# --- success answers ------------------------------------------------------------------------
+
+class TextOut(Answer):
+    type: Literal["text"]
+    text: str
+
+
+class ThinkingOut(Answer):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str
+
+
+class ToolUseOut(Answer):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+ContentOut = Annotated[Union[TextOut, ThinkingOut, ToolUseOut], Field(discriminator="type")]
+
+
+class MessageUsage(Answer):
+    input_tokens: int
+    output_tokens: int
+
+
+class MessageAnswer(Answer):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[ContentOut]
+    stop_reason: Optional[Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]]
+    stop_sequence: Optional[str]
+    usage: MessageUsage
+
+
+class TokenCount(Answer):
+    input_tokens: int
+
+
+class AnthropicErrorDetail(Answer):
+    type: str
+    message: str
+
+
+class AnthropicError(Answer):
+    """Anthropic's error shape."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail

@@ -11,16 +11,19 @@ from typing import Any, Iterator, Optional
 from flask import Blueprint, Request, jsonify, request
 
 from ...core.exceptions import NotFoundError, ServiceError
+from .. import errors
 from ..generation import Job, chat_prompt, collect_replies, job_deltas, run_stream
 from ..reply import Reasoning, ReplySummary
-from ..request_parsing import parse_body, query_int, validate_as
+from ..request_parsing import query_int, validate_as
 from ..schemas import ChatCompletionRequest
 from ..serving import event_stream, manager, request_timeout, start_chat_job, with_model
 from ..tool_calls import Arguments, CallStart, Content
-from .protocol import CountTokensRequest, MessagesRequest
+from ..spec import SSE, accepts, responds
+from .protocol import (CountTokensRequest, AnthropicError, MessageAnswer, MessagesRequest,
+                       TokenCount)
 from .translate import (chat_body, chat_messages, chat_tools, content_blocks, error_body,
-                        model_info, new_message_id, stop_reason, thinking_kwargs, tool_use_id,
-                        usage)
+                        model_info, new_message_id, render_error, stop_reason, thinking_kwargs,
+                        tool_use_id, usage)
 
 bp = Blueprint("anthropic", __name__)
 BASE_PATH = "/v1/messages"
@@ -31,6 +34,9 @@ def claims(req: Request) -> bool:
     """The requests whose errors take Anthropic's shape: its routes, and any
     request an Anthropic client sends (its SDKs send `anthropic-version`)."""
     return req.path.startswith(BASE_PATH) or "anthropic-version" in req.headers
+
+
+errors.register_error_shape(claims, render_error, AnthropicError)
 
 
 @bp.before_app_request
@@ -69,8 +75,9 @@ def _model_page(models: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @bp.post("/v1/messages")
-def create_message():
-    req = parse_body(MessagesRequest)
+@responds(MessageAnswer, SSE)
+@accepts(MessagesRequest)
+def create_message(req: MessagesRequest):
     chat = validate_as(ChatCompletionRequest, chat_body(req))
     job, deadline = start_chat_job(chat, "messages")
     job.response_id = new_message_id()
@@ -89,9 +96,10 @@ def create_message():
 
 
 @bp.post("/v1/messages/count_tokens")
-def count_tokens():
+@responds(TokenCount)
+@accepts(CountTokensRequest)
+def count_tokens(req: CountTokensRequest):
     """The prompt's tokens as the model's template renders it, tools included."""
-    req = parse_body(CountTokensRequest)
     chat = validate_as(ChatCompletionRequest, {
         "model": req.model, "messages": chat_messages(req), **chat_tools(req),
         **thinking_kwargs(req)})

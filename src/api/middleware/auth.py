@@ -5,8 +5,8 @@ Gunicorn master passes the signal on to its workers, models stay loaded);
 ADMIN_API_KEY guards the routes marked `admin_only`. A key arrives as
 `Authorization: Bearer <key>` or `x-api-key: <key>`. Keys are kept and
 compared as SHA-256 digests, in constant time, and appear in logs only as a
-short fingerprint. `/health`, the console's files (/ui) and CORS preflights
-stay open. Every request
+short fingerprint. The routes marked public (/health, `/`, the console's
+files) and CORS preflights stay open. Every request
 gets `g.client`: the key's fingerprint, or the peer's address without keys;
 rate limits and the engines' fair queues count per client.
 """
@@ -24,9 +24,7 @@ from flask import Flask, current_app, g, request
 from ...core.exceptions import AuthenticationError, PermissionDeniedError
 from ...utils.config import Settings
 from ...utils.logger import logger
-from ..routes.console import is_console_path
-
-OPEN_PATHS = frozenset({"/health"})
+from ..spec import is_public
 
 
 def _digest(key: str) -> bytes:
@@ -152,8 +150,9 @@ def install(app: Flask, settings: Settings) -> KeyRing:
         g.client = f"ip:{request.remote_addr}"
         if ring.stale:
             ring.reload()
-        if request.method == "OPTIONS" or request.path in OPEN_PATHS \
-                or is_console_path(request.path) or not ring.enabled:
+        view = current_app.view_functions.get(request.endpoint or "")
+        if request.method == "OPTIONS" or is_public(view, request.endpoint) \
+                or not ring.enabled:
             return
         admin_route = _is_admin_route()
         key = presented_key()

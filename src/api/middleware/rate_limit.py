@@ -22,7 +22,7 @@ from flask import Flask, Response, current_app, g, request
 from ...core.exceptions import RateLimitError
 from ...utils.config import Settings
 from ..generation import Settle
-from ..routes.console import is_console_path
+from ..spec import is_public
 
 MAX_IDLE_CLIENTS = 10_000  # past this many buckets, full (idle) ones are dropped
 
@@ -139,13 +139,12 @@ def _exceeded(kind: str, message: str, wait: float) -> RateLimitError:
 
 
 def _limited() -> bool:
-    """Management routes, the Prometheus scrape and the console's files are not
-    rate limited."""
+    """Management routes, the public ones (/health, the console) and the
+    Prometheus scrape are not rate limited."""
     view = current_app.view_functions.get(request.endpoint or "")
     return (request.method != "OPTIONS" and request.endpoint is not None
             and not getattr(view, "admin_only", False)
-            and request.path not in ("/health", "/metrics")
-            and not is_console_path(request.path))
+            and not is_public(view, request.endpoint) and request.path != "/metrics")
 
 
 def token_reservation() -> Callable[[int], Settle]:

@@ -16,18 +16,21 @@ from flask import Blueprint, Request, Response, jsonify, stream_with_context
 
 from ... import __version__
 from ...core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
+from .. import errors
 from ..generation import Job, collect_replies, job_deltas, run_stream
 from ..middleware.auth import admin_only
 from ..middleware.rate_limit import token_reservation
 from ..reply import Reasoning, ReplySummary
-from ..request_parsing import parse_body, validate_as
+from ..request_parsing import validate_as
 from ..schemas import ChatCompletionRequest
 from ..serving import manager, request_timeout, start_chat_job
+from ..spec import NDJSON, accepts, responds
 from ..tool_calls import Content
-from .protocol import (ChatRequest, EmbedRequest, GenerateRequest, LegacyEmbeddingsRequest,
-                       ModelRequest, PullRequest)
+from .protocol import (ChatAnswer, ChatRequest, EmbedAnswer, EmbedRequest, OllamaError,
+                       GenerateAnswer, GenerateRequest, LegacyEmbedding, LegacyEmbeddingsRequest,
+                       ModelRequest, PullRequest, PullStatus, Running, ShowAnswer, Tags, Version)
 from .translate import (chat_body, final_counts, generate_body, keep_alive_seconds, model_id,
-                        now_iso, tool_calls)
+                        now_iso, render_error, tool_calls)
 
 bp = Blueprint("ollama", __name__)
 BASE_PATH = "/api"
@@ -37,6 +40,9 @@ OLLAMA_VERSION = "0.13.0"  # the Ollama API level served: clients gate features 
 def claims(req: Request) -> bool:
     """The requests whose errors take Ollama's shape."""
     return req.path.startswith(BASE_PATH + "/")
+
+
+errors.register_error_shape(claims, render_error, OllamaError)
 
 
 def _describe(name: str) -> dict[str, Any]:
@@ -57,17 +63,20 @@ def _tag(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/api/version")
+@responds(Version)
 def version():
     return jsonify({"version": OLLAMA_VERSION, "server": f"vllm-obtain {__version__}"})
 
 
 @bp.get("/api/tags")
+@responds(Tags)
 def tags():
     """Every model this server knows, loaded or not."""
     return jsonify({"models": [_tag(info) for info in manager().describe()]})
 
 
 @bp.get("/api/ps")
+@responds(Running)
 def running_models():
     """The models loaded now."""
     models = []
@@ -86,8 +95,9 @@ def _iso(epoch: float) -> str:
 
 
 @bp.post("/api/show")
-def show():
-    req = parse_body(ModelRequest)
+@responds(ShowAnswer)
+@accepts(ModelRequest)
+def show(req: ModelRequest):
     info = _describe(req.id)
     capabilities = ["completion", "tools", "thinking"]
     return jsonify({"modelfile": "", "parameters": "", "template": "",
@@ -167,8 +177,9 @@ def _serve(req: Any, empty: bool, body: Callable[[], dict[str, Any]], endpoint: 
 
 
 @bp.post("/api/chat")
-def chat():
-    req = parse_body(ChatRequest)
+@responds(ChatAnswer, NDJSON)
+@accepts(ChatRequest)
+def chat(req: ChatRequest):
 
     def wrap(text: str, thinking: Optional[str], calls: Optional[list], done: bool):
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -182,8 +193,9 @@ def chat():
 
 
 @bp.post("/api/generate")
-def generate():
-    req = parse_body(GenerateRequest)
+@responds(GenerateAnswer, NDJSON)
+@accepts(GenerateRequest)
+def generate(req: GenerateRequest):
 
     def wrap(text: str, thinking: Optional[str], calls: Optional[list], done: bool):
         body: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": text,
@@ -196,10 +208,11 @@ def generate():
 
 
 @bp.post("/api/pull")
-def pull():
+@responds(PullStatus, NDJSON)
+@accepts(PullRequest)
+def pull(req: PullRequest):
     """A model this server knows is made ready (loaded); nothing is downloaded.
     Streams Ollama's status lines unless `stream` is false."""
-    req = parse_body(PullRequest)
     name = model_id(req.id)
     manager().describe(name)  # 404 for a model this server does not know
 
@@ -226,10 +239,11 @@ def pull():
 
 @bp.delete("/api/delete")
 @admin_only
-def delete():
+@responds(description="Unloaded and forgotten (no body)")
+@accepts(ModelRequest)
+def delete(req: ModelRequest):
     """The model is unloaded and a load request's registration forgotten; the
     weights stay on disk (this server never deletes model files)."""
-    req = parse_body(ModelRequest)
     manager().unload(model_id(req.id), forget=True)
     return Response(status=200)
 
@@ -247,8 +261,9 @@ def _embed(model: str, inputs: list[str]) -> tuple[list[list[float]], int]:
 
 
 @bp.post("/api/embed")
-def embed():
-    req = parse_body(EmbedRequest)
+@responds(EmbedAnswer)
+@accepts(EmbedRequest)
+def embed(req: EmbedRequest):
     started = time.monotonic()
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     vectors, used = _embed(req.model, inputs)
@@ -261,7 +276,8 @@ def embed():
 
 
 @bp.post("/api/embeddings")
-def embeddings_legacy():
-    req = parse_body(LegacyEmbeddingsRequest)
+@responds(LegacyEmbedding)
+@accepts(LegacyEmbeddingsRequest)
+def embeddings_legacy(req: LegacyEmbeddingsRequest):
     vectors, _ = _embed(req.model, [req.prompt])
     return jsonify({"embedding": vectors[0]})

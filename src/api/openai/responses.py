@@ -15,14 +15,16 @@ from ...core.response_store import ResponseStore
 from ..generation import Job, collect_replies, job_deltas, run_stream
 from ..middleware.auth import key_owner
 from ..reply import Reasoning, ReplySummary
-from ..request_parsing import parse_body, query_int, validate_as
+from ..request_parsing import query_int, validate_as
 from ..schemas import ChatCompletionRequest
 from ..serving import event_stream, start_chat_job
+from ..spec import SSE, accepts, responds
 from ..tool_calls import Arguments, CallStart, Content
 from .render import token_logprobs, usage_dict
-from .responses_protocol import (INCLUDE_LOGPROBS, ResponsesRequest, chat_messages,
-                                  function_call_item, message_output, new_id, output_items,
-                                  reasoning_item)
+from .responses_protocol import (INCLUDE_LOGPROBS, DeletedResponse, InputItemList,
+                                 ResponseObject, ResponsesRequest, chat_messages,
+                                 function_call_item, message_output, new_id, output_items,
+                                 reasoning_item)
 
 bp = Blueprint("responses", __name__)
 
@@ -110,8 +112,10 @@ class _Turn:
 
 @bp.post("/v1/responses")
 @bp.post("/responses")
-def create_response():
-    turn = _Turn(parse_body(ResponsesRequest))
+@responds(ResponseObject, SSE)
+@accepts(ResponsesRequest)
+def create_response(req: ResponsesRequest):
+    turn = _Turn(req)
     job, deadline = start_chat_job(turn.chat, "responses", truncate=turn.req.truncation == "auto")
     job.response_id = new_id("resp")
     if turn.chat.stream:
@@ -135,6 +139,7 @@ def _stored(response_id: str):
 
 @bp.get("/v1/responses/<response_id>")
 @bp.get("/responses/<response_id>")
+@responds(ResponseObject)
 def retrieve_response(response_id: str):
     if request.args.get("stream", "false").lower() == "true":
         raise InvalidRequestError("Only background responses can be streamed again; this "
@@ -144,6 +149,7 @@ def retrieve_response(response_id: str):
 
 @bp.delete("/v1/responses/<response_id>")
 @bp.delete("/responses/<response_id>")
+@responds(DeletedResponse)
 def delete_response(response_id: str):
     if not store().delete(key_owner(), response_id):
         raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
@@ -152,6 +158,7 @@ def delete_response(response_id: str):
 
 @bp.get("/v1/responses/<response_id>/input_items")
 @bp.get("/responses/<response_id>/input_items")
+@responds(InputItemList)
 def list_input_items(response_id: str):
     """The items the response was generated from (the chained ones too),
     newest first unless order=asc, in pages of `limit` after/before an id."""

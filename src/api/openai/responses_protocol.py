@@ -10,13 +10,14 @@ reasoning, then the message, then function calls.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..reply import ReplySummary
-from ..schemas import MAX_TOOLS, _Lenient
+from ..schemas import MAX_TOOLS, Text, _Lenient, null_is_default
+from ..spec import Answer
 
 # include values: what this server fills in, and those of built-in tools, which
 # have nothing to include here since such tools are refused
@@ -70,22 +71,24 @@ class ReasoningOptions(_Lenient):
 
 class ResponsesRequest(_Lenient):
     model: str = ""  # empty: the default model
-    input: Union[str, list[dict[str, Any]]]
+    input: Union[Text, Annotated[list[dict[str, Any]], Field(min_length=1)]]
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     stream: bool = False
-    text: TextOptions = Field(default_factory=TextOptions)
-    reasoning: ReasoningOptions = Field(default_factory=ReasoningOptions)
+    text: TextOptions = Field(default_factory=TextOptions, json_schema_extra=null_is_default)
+    reasoning: ReasoningOptions = Field(default_factory=ReasoningOptions,
+                                        json_schema_extra=null_is_default)
     previous_response_id: Optional[str] = Field(None, min_length=1, max_length=256)
     tools: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_TOOLS)
     tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any]] = "auto"
     parallel_tool_calls: bool = True
     max_tool_calls: Optional[int] = Field(None, ge=1)
     store: bool = True
-    include: list[str] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=list,
+                               json_schema_extra={"items": {"enum": sorted(INCLUDE_VALUES)}})
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: Optional[dict[str, str]] = None
     user: Optional[str] = None
@@ -94,17 +97,10 @@ class ResponsesRequest(_Lenient):
     prompt: Optional[Any] = None
     # vLLM's extensions, as on chat completions
     seed: Optional[int] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    top_k: Optional[int] = Field(None, ge=-1)
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0)
     chat_template_kwargs: Optional[dict[str, Any]] = None
-
-    @field_validator("input")
-    @classmethod
-    def _input_not_empty(cls, value: Union[str, list[Any]]) -> Union[str, list[Any]]:
-        if value == "" or value == []:
-            raise ValueError("input must not be empty")
-        return value
 
     @field_validator("text", "reasoning", mode="before")
     @classmethod
@@ -335,3 +331,87 @@ def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
                        status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "function_call", "call_id": call_id, "name": name,
             "arguments": arguments, "status": status}
+
+
+# --- success answers ------------------------------------------------------------------------
+
+class OutputText(Answer):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[dict[str, Any]]
+
+
+class MessageItem(Answer):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[OutputText]
+
+
+class FunctionCallItem(Answer):
+    id: str
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+class ReasoningText(Answer):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(Answer):
+    id: str
+    type: Literal["reasoning"]
+    summary: list[Any]
+    content: list[ReasoningText]
+    encrypted_content: Optional[str]
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = Annotated[Union[MessageItem, FunctionCallItem, ReasoningItem],
+                       Field(discriminator="type")]
+
+
+class ResponseUsage(Answer):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens_details: dict[str, int]
+
+
+class ResponseObject(Answer):
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    model: str
+    output: list[OutputItem]
+    error: Optional[dict[str, Any]]
+    incomplete_details: Optional[dict[str, Any]]
+    instructions: Optional[str]
+    metadata: dict[str, str]
+    parallel_tool_calls: bool
+    previous_response_id: Optional[str]
+    store: bool
+    tools: list[dict[str, Any]]
+    usage: Optional[ResponseUsage]
+
+
+class DeletedResponse(Answer):
+    id: str
+    object: Literal["response"]
+    deleted: bool
+
+
+class InputItemList(Answer):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: Optional[str]
+    last_id: Optional[str]
+    has_more: bool

@@ -13,11 +13,13 @@ from flask import Blueprint, current_app, jsonify, request
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..generation import start_completion
 from ..middleware.rate_limit import token_reservation
-from ..request_parsing import parse_body
 from ..schemas import ChatCompletionRequest, CompletionRequest
 from ..serving import (cap_output, event_stream, manager, new_caller, request_timeout,
                        start_chat_job, with_model)
-from .protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from ..spec import SSE, accepts, responds
+from .protocol import (ChatCompletion, Completion, DetokenizeAnswer, DetokenizeRequest,
+                       EmbeddingList, EmbeddingRequest, ModelList, ModelObject, TokenizeAnswer,
+                       TokenizeRequest, TokenizerInfo)
 from .render import chat_response, chat_stream, completion_response, completion_stream
 
 bp = Blueprint("openai", __name__)
@@ -38,20 +40,25 @@ def _model_object(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/v1/models")
+@responds(ModelList)
 def list_models():
+    """Every model this server knows, loaded or not (Anthropic's shape for
+    requests with an anthropic-version header)."""
     return jsonify({"object": "list",
                     "data": [_model_object(info) for info in manager().describe()]})
 
 
 @bp.get("/v1/models/<path:model_id>")
+@responds(ModelObject)
 def get_model(model_id: str):
     return jsonify(_model_object(manager().describe(model_id)[0]))
 
 
 @bp.post("/v1/chat/completions")
 @bp.post("/chat/completions")  # clients configured without the /v1 prefix
-def chat_completions():
-    req = parse_body(ChatCompletionRequest)
+@responds(ChatCompletion, SSE)
+@accepts(ChatCompletionRequest)
+def chat_completions(req: ChatCompletionRequest):
     job, deadline = start_chat_job(req, "chat")
     if req.stream:
         return event_stream(chat_stream(job, req, deadline), job)
@@ -60,8 +67,10 @@ def chat_completions():
 
 @bp.post("/v1/completions")
 @bp.post("/completions")
-def completions():
-    req = cap_output(with_model(parse_body(CompletionRequest)))
+@responds(Completion, SSE)
+@accepts(CompletionRequest)
+def completions(req: CompletionRequest):
+    cap_output(with_model(req))
     lease = manager().acquire(req.model, request_timeout())
     deadline = time.monotonic() + request_timeout()
     job = start_completion(lease, req, new_caller(lease.model_id, "completions", req))
@@ -72,9 +81,11 @@ def completions():
 
 
 @bp.post("/tokenize")
-def tokenize():
+@responds(TokenizeAnswer)
+@accepts(TokenizeRequest)
+def tokenize(req: TokenizeRequest):
     """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template."""
-    req = with_model(parse_body(TokenizeRequest))
+    with_model(req)
     with manager().acquire(req.model, request_timeout()) as lease:
         engine = lease.engine
         if req.messages is not None:
@@ -88,6 +99,7 @@ def tokenize():
 
 
 @bp.get("/tokenizer_info")
+@responds(TokenizerInfo)
 def tokenizer_info():
     """vLLM's /tokenizer_info (what lm-eval's remote tokenizer reads): the
     tokenizer's settings and chat template; `?model=` picks a model."""
@@ -97,16 +109,20 @@ def tokenizer_info():
 
 
 @bp.post("/detokenize")
-def detokenize():
-    req = with_model(parse_body(DetokenizeRequest))
+@responds(DetokenizeAnswer)
+@accepts(DetokenizeRequest)
+def detokenize(req: DetokenizeRequest):
+    with_model(req)
     with manager().acquire(req.model, request_timeout()) as lease:
         return jsonify({"prompt": lease.engine.detokenize(req.tokens)})
 
 
 @bp.post("/v1/embeddings")
 @bp.post("/embeddings")
-def embeddings():
-    req = with_model(parse_body(EmbeddingRequest))
+@responds(EmbeddingList)
+@accepts(EmbeddingRequest)
+def embeddings(req: EmbeddingRequest):
+    with_model(req)
     with manager().acquire(req.model, request_timeout()) as lease:
         engine = lease.engine
         if not engine.capabilities.embeddings:

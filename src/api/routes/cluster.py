@@ -9,9 +9,9 @@ from ...core.load_balancer import LoadBalancer
 from ...utils.cluster_manager import ClusterManager
 from ...utils.config import make_upstream
 from ..middleware.auth import admin_only
-from ..request_parsing import parse_body
-from ..schemas import (ClusterRestartRequest, ClusterScaleRequest, ClusterStrategyRequest,
-                       ClusterUpstreamRequest)
+from ..schemas import (ClusterChange, ClusterRestartRequest, ClusterScaleRequest,
+                       ClusterStrategyRequest, ClusterUpstreamRequest, Deleted)
+from ..spec import accepts, responds
 
 bp = Blueprint("cluster", __name__)
 
@@ -26,6 +26,7 @@ def _balancer() -> LoadBalancer:
 
 @bp.get("/v1/cluster/status")
 @admin_only
+@responds(ClusterChange)
 def cluster_status():
     """Every instance: health, load, latency, CPU and memory."""
     return jsonify(_cluster().status(_balancer().strategy))
@@ -33,9 +34,10 @@ def cluster_status():
 
 @bp.post("/v1/cluster/scale")
 @admin_only
-def scale():
+@responds(ClusterChange)
+@accepts(ClusterScaleRequest)
+def scale(req: ClusterScaleRequest):
     """Add or remove local instances (removed ones finish their requests first)."""
-    req = parse_body(ClusterScaleRequest)
     try:
         return jsonify(_cluster().scale(req.action, req.count))
     except ValueError as exc:
@@ -44,18 +46,20 @@ def scale():
 
 @bp.post("/v1/cluster/strategy")
 @admin_only
-def set_strategy():
+@responds(ClusterChange)
+@accepts(ClusterStrategyRequest)
+def set_strategy(req: ClusterStrategyRequest):
     """Switch the load-balancing strategy."""
-    req = parse_body(ClusterStrategyRequest)
     previous = _balancer().set_strategy(req.strategy)
     return jsonify({"strategy": req.strategy, "previous_strategy": previous})
 
 
 @bp.post("/v1/cluster/restart")
 @admin_only
-def restart():
+@responds(ClusterChange)
+@accepts(ClusterRestartRequest)
+def restart(req: ClusterRestartRequest):
     """Restart a local instance: drained first, then started again."""
-    req = parse_body(ClusterRestartRequest)
     try:
         return jsonify(_cluster().restart(req.instance_id))
     except KeyError:
@@ -66,9 +70,10 @@ def restart():
 
 @bp.post("/v1/cluster/upstreams")
 @admin_only
-def add_upstream():
+@responds(ClusterChange, status=201, description="Joined")
+@accepts(ClusterUpstreamRequest)
+def add_upstream(req: ClusterUpstreamRequest):
     """A remote OpenAI-compatible server joins (it takes requests once a check passes)."""
-    req = parse_body(ClusterUpstreamRequest)
     try:
         spec = make_upstream(req.url, req.weight, req.api_key)
     except ValueError as exc:
@@ -78,6 +83,7 @@ def add_upstream():
 
 @bp.delete("/v1/cluster/upstreams/<instance_id>")
 @admin_only
+@responds(Deleted)
 def remove_upstream(instance_id: str):
     """A remote upstream leaves."""
     try:

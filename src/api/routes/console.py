@@ -10,6 +10,8 @@ from pathlib import Path
 
 from flask import Blueprint, Response, redirect, request, send_from_directory
 
+from ..spec import HTML, TEXT, public, responds
+
 STATIC = Path(__file__).resolve().parents[1] / "console" / "static"
 PREFIX = "/ui"
 
@@ -17,11 +19,10 @@ bp = Blueprint("console", __name__, static_folder=str(STATIC),
                static_url_path=f"{PREFIX}/static")
 
 
-def is_console_path(path: str) -> bool:
-    return path in ("/", PREFIX) or path.startswith(f"{PREFIX}/")
-
-
 @bp.get("/")
+@public
+@responds(TEXT, description="'Ollama is running' (browsers are led to /ui/)")
+@responds(status=302, description="A browser is led to the console")
 def root():
     """A browser is led to the console; any other client gets Ollama's liveness
     answer, which Ollama clients (n8n's credential check) ask for."""
@@ -32,6 +33,8 @@ def root():
 
 @bp.get(PREFIX)
 @bp.get(f"{PREFIX}/")
+@public
+@responds(HTML)
 def index():
     """The console page."""
     response = send_from_directory(STATIC, "index.html")

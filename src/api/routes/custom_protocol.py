@@ -5,21 +5,23 @@ the reply's text also at the top level (`text`, `reasoning_content`,
 `finish_reason`); streams send chat completion chunks."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from flask import Blueprint, jsonify
 from pydantic import Field
 
 from ...core.exceptions import InvalidRequestError
 from ..openai.render import chat_response, chat_stream
-from ..request_parsing import parse_body, read_json, validate_as
+from ..openai.protocol import ChatCompletion
+from ..request_parsing import read_json, validate_as
 from ..schemas import ChatCompletionRequest, _Lenient
 from ..serving import event_stream, start_chat_job
+from ..spec import SSE, accepts, responds
 
 bp = Blueprint("custom_protocol", __name__)
 
 
-class GenerateRequest(_Lenient):
+class CustomGenerateRequest(_Lenient):
     model: str = ""  # empty: the default model
     prompt: str = Field(min_length=1)
     system_info: Optional[str] = None
@@ -38,13 +40,23 @@ class GenerateRequest(_Lenient):
         return messages + [{"role": "user", "content": self.prompt}]
 
 
+class Generation(ChatCompletion):
+    """A chat completion, with the first choice's reply also at the top level."""
+
+    object: Literal["generation"]  # type: ignore[assignment]
+    text: Optional[str]
+    reasoning_content: Optional[str] = None
+    finish_reason: Optional[str]
+
+
 @bp.post("/generate")
-def generate():
-    req = parse_body(GenerateRequest)
+@responds(Generation, SSE)
+@accepts(CustomGenerateRequest)
+def generate(req: CustomGenerateRequest):
     body = read_json()
     # every sampling field of a chat request (temperature, max_tokens, stop, seed...) applies
     sampling = {k: v for k, v in body.items()
-                if k not in GenerateRequest.model_fields or k == "model"}
+                if k not in CustomGenerateRequest.model_fields or k == "model"}
     chat = validate_as(ChatCompletionRequest, {**sampling, "messages": req.messages()})
     job, deadline = start_chat_job(chat, "generate")
     if chat.stream:

@@ -21,6 +21,9 @@ from ...utils.metrics import ADDITIVE_FIGURES, ServiceMetrics, system_figures
 from ..middleware.auth import admin_only
 from ..request_parsing import read_body
 from ..upstream_proxy import Answer, Outgoing, call_each, forward, model_of
+from ..openai.protocol import ModelList, ModelObject
+from ..schemas import ClusterHealth, DeletedModel, ModelInfo, SystemMetrics, SystemStatus
+from ..spec import public, responds
 from . import system
 
 bp = Blueprint("load_balanced", __name__)
@@ -58,6 +61,7 @@ def relay(**path_args: Any):
                    request.environ)
 
 
+relay.relays = True  # type: ignore[attr-defined]  # /openapi.json: as the instances answer
 for _path, _name in RELAYED.items():
     bp.add_url_rule(_path, endpoint=_name, view_func=relay, methods=["POST"])
 bp.add_url_rule("/v1/models/<path:model_id>/status", endpoint="model_status", view_func=relay)
@@ -98,12 +102,14 @@ def _merged_models() -> list[dict[str, Any]]:
 
 
 @bp.get("/v1/models")
+@responds(ModelList)
 def list_models():
     """Every model any healthy instance serves; `instances` says which."""
     return jsonify({"object": "list", "data": _merged_models()})
 
 
 @bp.get("/v1/models/<path:model_id>")
+@responds(ModelObject)
 def get_model(model_id: str):
     for model in _merged_models():
         if model["id"] == model_id:
@@ -139,6 +145,7 @@ def _manage(path: str, model: str, remember: bool):
 
 @bp.post("/v1/models/load")
 @admin_only
+@responds(ModelInfo, description="Loaded on every local instance (`instances`: each one's status)")
 def load_model():
     """Load a model on every local instance (and on those started later)."""
     body = request.get_json(silent=True)
@@ -148,17 +155,22 @@ def load_model():
 
 @bp.delete("/v1/models/<path:model_id>/unload")
 @admin_only
+@responds(ModelInfo)
 def unload_model(model_id: str):
     return _manage(request.full_path.rstrip("?"), model_id, False)
 
 
 @bp.delete("/v1/models/<path:model_id>")
 @admin_only
+@responds(DeletedModel)
 def delete_model(model_id: str):
     return _manage(request.full_path.rstrip("?"), model_id, False)
 
 
 @bp.get("/health")
+@public
+@responds(ClusterHealth)
+@responds(ClusterHealth, status=503, description="No instance takes requests")
 def health():
     """200 while at least one instance takes requests."""
     instances = _cluster().instances()
@@ -171,6 +183,7 @@ def health():
 
 
 @bp.get("/v1/system/status")
+@responds(SystemStatus)
 def system_status():
     settings = current_app.config["SETTINGS"]
     return jsonify({"status": "ok", "version": __version__, "mode": "load_balance",
@@ -201,6 +214,7 @@ def _summed_inference(instances: list[Instance]) -> dict[str, Any]:
 
 
 @bp.get("/v1/system/metrics")
+@responds(SystemMetrics)
 def system_metrics():
     metrics: ServiceMetrics = current_app.extensions["metrics"]
     instances = _cluster().instances()

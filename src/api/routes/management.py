@@ -6,8 +6,8 @@ from flask import Blueprint, current_app, jsonify, request
 from ...core.exceptions import InvalidRequestError
 from ...core.model_manager import ModelManager
 from ..middleware.auth import admin_only
-from ..request_parsing import parse_body
-from ..schemas import LoadModelRequest
+from ..schemas import DeletedModel, Health, LoadModelRequest, ModelInfo
+from ..spec import accepts, public, responds
 
 bp = Blueprint("management", __name__)
 
@@ -17,6 +17,9 @@ def _manager() -> ModelManager:
 
 
 @bp.get("/health")
+@public
+@responds(Health)
+@responds(Health, status=503, description="No model is ready")
 def health():
     """Liveness for load balancers: 200 while at least one model is ready."""
     mgr = _manager()
@@ -31,8 +34,10 @@ def health():
 
 @bp.post("/v1/models/load")
 @admin_only
-def load_model():
-    req = parse_body(LoadModelRequest)
+@responds(ModelInfo, description="Loaded")
+@responds(ModelInfo, status=202, description="Still loading: poll its status")
+@accepts(LoadModelRequest)
+def load_model(req: LoadModelRequest):
     info = _manager().load(req.model_name, req.model_path, req.engine_type, req.settings(),
                            timeout=current_app.config["SETTINGS"].request_timeout)
     # still loading after the timeout: accepted, poll its status
@@ -41,12 +46,14 @@ def load_model():
 
 @bp.delete("/v1/models/<path:model_id>/unload")
 @admin_only
+@responds(ModelInfo)
 def unload_model(model_id: str):
     return jsonify(_manager().unload(model_id, _drain_timeout()))
 
 
 @bp.delete("/v1/models/<path:model_id>")
 @admin_only
+@responds(DeletedModel)
 def delete_model(model_id: str):
     """Unload, and forget a model that a load request registered."""
     _manager().unload(model_id, _drain_timeout(), forget=True)
@@ -54,6 +61,7 @@ def delete_model(model_id: str):
 
 
 @bp.get("/v1/models/<path:model_id>/status")
+@responds(ModelInfo)
 def model_status(model_id: str):
     return jsonify(_manager().describe(model_id)[0])
 

@@ -16,6 +16,8 @@ from ...utils.logger import LOG_FILES, recent_logs
 from ...utils.metrics import ServiceMetrics, system_figures
 from ..middleware.auth import admin_only, open_access_warning
 from ..request_parsing import query_int
+from ..schemas import DeepHealth, LogLines, OpenAPIDocument, SystemMetrics, SystemStatus
+from ..spec import TEXT, responds
 
 bp = Blueprint("system", __name__)
 PROBE_TIMEOUT = 30.0  # seconds one model may take to answer the health probe
@@ -31,6 +33,7 @@ def _metrics() -> ServiceMetrics:
 
 
 @bp.get("/v1/system/status")
+@responds(SystemStatus)
 def system_status():
     settings = current_app.config["SETTINGS"]
     platform = current_app.extensions["platform"]
@@ -60,6 +63,8 @@ def security_summary(settings: Any) -> dict[str, Any]:
 
 
 @bp.get("/v1/system/health")
+@responds(DeepHealth)
+@responds(DeepHealth, status=503, description="A model failed its probe, or none is ready")
 def deep_health():
     """Every ready model answers a one-token probe; 503 if one fails or none is ready."""
     checks = {}
@@ -88,6 +93,7 @@ def _probe(model_id: str) -> dict[str, Any]:
 
 
 @bp.get("/v1/system/metrics")
+@responds(SystemMetrics)
 def system_metrics():
     return jsonify({"timestamp": time.time(), "system": system_figures(),
                     "inference": _metrics().summary(),
@@ -104,12 +110,14 @@ def _model_figures(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/metrics")
+@responds(TEXT, description="Prometheus text format")
 def prometheus_metrics():
     return Response(_metrics().prometheus_text(),
                     mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/openapi.json")
+@responds(OpenAPIDocument)
 def openapi_document():
     """This API described in OpenAPI 3.1."""
     from ..openapi import build_openapi  # it imports every route module
@@ -119,6 +127,7 @@ def openapi_document():
 
 @bp.get("/v1/logs/recent")
 @admin_only
+@responds(LogLines)
 def logs_recent():
     limit = query_int("limit", 100, 1, 1000)
     level = request.args.get("level")
