@@ -48,6 +48,10 @@ def test_every_route_declares_its_body_and_answers(doc):
     assert not any("security" in op for item in doc["paths"].values() for op in item.values())
     chat = doc["paths"]["/chat/completions"]["post"]
     assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    event = chat["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    data = event["properties"]["data"]["anyOf"]  # JSON chunks, then [DONE]
+    assert data[0] == {"const": "[DONE]"}
+    assert data[1]["contentSchema"] == {"$ref": "#/components/schemas/ChatCompletionChunk"}
 
 
 def test_the_enforced_constraints_are_in_the_schemas(doc):
@@ -69,6 +73,11 @@ def test_a_405_says_which_methods_the_path_takes(tiny_server):
     r = requests.get(f"{tiny_server.url}/v1/chat/completions", timeout=10)
     assert r.status_code == 405 and r.headers["Allow"] == "OPTIONS, POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
+    # a model id may hold slashes, but /status is the status route's alone
+    status = requests.options(f"{tiny_server.url}/v1/models/org/tiny/status", timeout=10)
+    assert sorted(status.headers["Allow"].split(", ")) == ["GET", "HEAD", "OPTIONS"]
+    assert requests.delete(f"{tiny_server.url}/v1/models/tiny-chat/status",
+                           timeout=10).status_code == 405
 
 
 def test_openai_answers_match_the_spec(tiny_server, doc):

@@ -215,6 +215,12 @@ def test_truncation_auto_drops_the_oldest_turns(scripted_server):
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"text": {"format": {"type": "json_schema"}}}, "text.format"),
     ({"input": ""}, "input"),
+    # the fuzzer's finds: a list of tools that are not objects with a name was a 500
+    ({"tools": [{"type": "function", "name": "f"}],
+      "tool_choice": {"type": "allowed_tools", "tools": ["f"]}}, "tool_choice.tools"),
+    ({"tools": [{"type": "function", "name": "f"}],
+      "tool_choice": {"type": "allowed_tools", "tools": [{"name": {"f": 1}}]}},
+     "tool_choice.tools"),
 ])
 def test_what_is_refused_is_refused_precisely(scripted_server, body, param):
     r = post(scripted_server, {"model": "scripted-think", "input": "hi", **body})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from flask import Flask
+from werkzeug.routing import PathConverter
 
 from ..utils.config import Settings
 from ..utils.logger import setup_logging
@@ -14,10 +15,23 @@ from . import errors
 from .middleware import access_log, auth, cors, rate_limit, request_id
 
 
+class ModelIdConverter(PathConverter):
+    """A model id in a path: it may hold slashes (org/model), but never ends
+    in the /status or /unload that the routes about a model add after it."""
+
+    regex = r"(?:(?!/(?:status|unload)$)[^\x00])+?"
+
+
+def new_flask(name: str) -> Flask:
+    app = Flask(name)
+    app.url_map.converters["model_id"] = ModelIdConverter
+    return app
+
+
 def new_app(settings: Settings, name: str, count_tokens: bool = True) -> Flask:
     setup_logging(settings.log_level, settings.logs_path, settings.log_rotation_mb,
                   settings.log_retention_days)
-    app = Flask(name)
+    app = new_flask(name)
     app.config.update(SETTINGS=settings, STARTED_AT=time.time(), JSON_SORT_KEYS=False,
                       MAX_CONTENT_LENGTH=settings.max_request_bytes)
     app.json.sort_keys = False

@@ -22,8 +22,12 @@ from werkzeug.wrappers import Request
 
 from .. import __version__
 from . import errors
-from .spec import JSON, is_public
+from .base_app import new_flask
+from .spec import JSON, SSE_MEDIA, Events, is_public
 
+# a model id may hold slashes, but does not end the way the routes about a model do
+PATH_PARAMETERS = {"model_id": {"type": "string", "minLength": 1,
+                                "pattern": "^(?!.*/(?:status|unload)$)[^\\u0000]+$"}}
 STATIC_ANSWER = {200: ("A file of the web console", ("*/*",))}
 
 
@@ -88,7 +92,7 @@ def _service_app() -> Flask:
     load-balanced entry point's instances answer."""
     from .app import BLUEPRINTS
 
-    bare = Flask(__name__)
+    bare = new_flask(__name__)
     for blueprint in BLUEPRINTS:
         bare.register_blueprint(blueprint)
     return bare
@@ -102,7 +106,7 @@ def _service_operation(path: str, method: str) -> Optional[tuple[Rule, Callable[
 
 
 def _openapi_path(rule: Rule) -> str:
-    return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+    return re.sub(r"<(?:[a-z_]+:)?([a-z_]+)>", r"{\1}", rule.rule)
 
 
 def _add(paths: dict[str, Any], components: dict[str, Any], rule: Rule, method: str,
@@ -112,7 +116,7 @@ def _add(paths: dict[str, Any], components: dict[str, Any], rule: Rule, method: 
         "operationId": f"{rule.endpoint}:{rule.rule}:{method}".replace("/", "_"),
         "summary": summary.splitlines()[0],
         "parameters": [{"name": name, "in": "path", "required": True,
-                        "schema": {"type": "string", "minLength": 1}}
+                        "schema": PATH_PARAMETERS.get(name, {"type": "string", "minLength": 1})}
                        for name in sorted(rule.arguments)],
         "responses": {},
     }
@@ -121,7 +125,9 @@ def _add(paths: dict[str, Any], components: dict[str, Any], rule: Rule, method: 
         answer: dict[str, Any] = {"description": description}
         content = {}
         for item in answers:
-            if isinstance(item, str):
+            if isinstance(item, Events):
+                content[SSE_MEDIA] = {"schema": _event_schema(components, item)}
+            elif isinstance(item, str):
                 content[item] = {"schema": {"type": "string"}}
             else:
                 content[JSON] = {"schema": _ref(components, item)}
@@ -144,6 +150,19 @@ def _add(paths: dict[str, Any], components: dict[str, Any], rule: Rule, method: 
                                     "content": {JSON: {"schema": _ref(components, body,
                                                                       request=True)}}}
     paths.setdefault(_openapi_path(rule), {})[method.lower()] = operation
+
+
+def _event_schema(components: dict[str, Any], events: Events) -> dict[str, Any]:
+    """One server-sent event (OpenAPI 3.2's way of describing a stream):
+    its `data` is text, JSON of the event model where the route names one."""
+    data: dict[str, Any] = {"type": "string"}
+    if events.model is not None:  # JSON of the model, or the [DONE] that ends the stream
+        data = {"anyOf": [{"const": "[DONE]"}, {
+            "type": "string", "contentMediaType": JSON,
+            "contentSchema": _ref(components, events.model)}]}
+    return {"type": "object", "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": data,
+                           "id": {"type": "string"}, "retry": {"type": "integer"}}}
 
 
 def _sample_path(rule: Rule) -> str:

@@ -15,7 +15,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, Strict, Strict
 from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..core.model_catalog import ModelSettings
 from ..engines.chat_template import RESERVED_TEMPLATE_VARIABLES
-from .spec import Answer
+from .spec import Answer, requires_when
 
 
 MAX_CHOICES = 16  # `n`: each choice is a sequence of its own in the engine
@@ -130,6 +130,11 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+NO_PROMPT_LOGPROBS_IN_STREAMS = {
+    "if": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+    "then": {"properties": {"prompt_logprobs": {"type": "null"}}}}
+
+
 class _SamplingFields(_Lenient):
     model: str = ""  # empty: the default model (Dify's credential check sends none)
     max_tokens: Optional[int] = Field(
@@ -142,7 +147,8 @@ class _SamplingFields(_Lenient):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
     # JSON keys are strings: token ids are read from them
-    logit_bias: Optional[dict[Annotated[int, Strict(False)], float]] = None
+    logit_bias: Optional[dict[Annotated[int, Strict(False)], float]] = Field(
+        None, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
@@ -208,6 +214,9 @@ class JsonSchemaFormat(_Lenient):
 
 
 class ResponseFormat(_Lenient):
+    model_config = ConfigDict(json_schema_extra=requires_when("type", ["json_schema"],
+                                                              "json_schema"))
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: Optional[JsonSchemaFormat] = None
 
@@ -248,6 +257,12 @@ class NamedToolChoice(_Lenient):
 
 
 class ChatCompletionRequest(_SamplingFields):
+    # a required or named tool_choice needs tools (and a named one, among them)
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        NO_PROMPT_LOGPROBS_IN_STREAMS, requires_when("tool_choice", ["required"], "tools"),
+        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"type": "object"}}},
+         "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}}}]})
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     tools: Optional[list[ToolDef]] = Field(None, max_length=MAX_TOOLS)
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
@@ -311,6 +326,8 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
+    model_config = ConfigDict(json_schema_extra=NO_PROMPT_LOGPROBS_IN_STREAMS)
+
     prompt: inputs_of(MAX_SEQUENCES)  # type: ignore[valid-type]
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0, le=5)

@@ -4,11 +4,13 @@ OpenAPI document (/openapi.json), so that the two cannot disagree:
 - `public`: no API key is asked for (/health, the console, `/`);
 - `accepts(Model)`: the JSON body, validated with that model and handed to the view;
 - `responds(...)`: its success answers, each a media type with the pydantic
-  model of the JSON it returns (or a plain string schema for streams and text).
+  model of the JSON it returns; a stream of server-sent events (`SSE`, or
+  `sse(Model)` when each event's data is JSON of that model); or text.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -17,11 +19,29 @@ from .request_parsing import parse_body
 
 V = TypeVar("V", bound=Callable[..., Any])
 JSON = "application/json"
-SSE = "text/event-stream"
+SSE_MEDIA = "text/event-stream"
 NDJSON = "application/x-ndjson"
 TEXT = "text/plain"
 HTML = "text/html"
-Answer = Union[type[BaseModel], str]  # a model (JSON), or a media type whose body is text
+
+
+@dataclass(frozen=True)
+class Events:
+    """Server-sent events; `data` is JSON of `model` when one is given (and
+    the `[DONE]` that ends an OpenAI stream)."""
+
+    model: Optional[type[BaseModel]] = None
+
+
+def sse(model: type[BaseModel]) -> Events:
+    return Events(model)
+
+
+SSE = Events()  # events whose data the document does not describe further
+
+
+# a model (a JSON body), server-sent events, or a media type whose body is text
+Declared = Union[type[BaseModel], Events, str]
 
 
 class Answer(BaseModel):
@@ -29,6 +49,17 @@ class Answer(BaseModel):
     required; an answer may carry more (extensions clients ignore)."""
 
     model_config = ConfigDict(extra="allow")
+
+
+def requires_when(field: str, values: list[Any], needed: str, key: str = "") -> dict[str, Any]:
+    """JSON Schema for a rule between two fields: when `field` (or its `key`)
+    is one of `values`, `needed` must be given, not null and not empty."""
+    test: dict[str, Any] = {"enum": values}
+    if key:
+        test = {"type": "object", "required": [key], "properties": {key: test}}
+    return {"if": {"required": [field], "properties": {field: test}},
+            "then": {"required": [needed], "properties": {needed: {
+                "not": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}}}
 
 
 def public(view: V) -> V:
@@ -58,10 +89,11 @@ def accepts(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[.
     return wrap
 
 
-def responds(*answers: Answer, status: int = 200, description: str = "OK") -> Callable[[V], V]:
-    """The answers of one status: models are JSON bodies; a media type (SSE,
-    NDJSON, TEXT, HTML) is a text body. Several answers: the request picks one
-    (`stream`, or what the client accepts)."""
+def responds(*answers: Declared, status: int = 200,
+             description: str = "OK") -> Callable[[V], V]:
+    """The answers of one status: models are JSON bodies, `SSE` / `sse(Model)`
+    event streams, a media type (NDJSON, TEXT, HTML) a text body. Several
+    answers: the request picks one (`stream`, or what the client accepts)."""
 
     def mark(view: V) -> V:
         declared = dict(getattr(view, "responses", {}))

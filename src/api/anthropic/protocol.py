@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from ..schemas import MAX_MESSAGES, MAX_TOOLS, _Lenient
-from ..spec import Answer
+from ..spec import Answer, requires_when
 
 
 class TextBlock(_Lenient):
@@ -21,7 +21,8 @@ class MessageParam(_Lenient):
 
 
 class ToolParam(_Lenient):
-    type: Optional[str] = None  # "custom" or absent; Anthropic's own tools name a version
+    # "custom" or absent; Anthropic's own tools name a version (a precise 400)
+    type: Optional[str] = Field(None, json_schema_extra={"enum": ["custom", None]})
     name: str = Field(min_length=1, max_length=128)
     description: Optional[str] = None
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
@@ -38,7 +39,13 @@ class ThinkingConfig(_Lenient):
     budget_tokens: Optional[int] = Field(None, ge=0)
 
 
+# tool_choice any or tool needs tools
+_CHOICE_NEEDS_TOOLS = requires_when("tool_choice", ["any", "tool"], "tools", key="type")
+
+
 class MessagesRequest(_Lenient):
+    model_config = ConfigDict(json_schema_extra=_CHOICE_NEEDS_TOOLS)
+
     model: str = ""  # empty: the default model
     max_tokens: int = Field(ge=1)
     messages: list[MessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -55,6 +62,8 @@ class MessagesRequest(_Lenient):
 
 
 class CountTokensRequest(_Lenient):
+    model_config = ConfigDict(json_schema_extra=_CHOICE_NEEDS_TOOLS)
+
     model: str = ""
     messages: list[MessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
     system: Optional[Union[str, list[TextBlock]]] = None

@@ -48,7 +48,7 @@ def models_in_anthropic_shape():
     if request.path == MODELS_PATH:
         return jsonify(_model_page([model_info(m) for m in manager().describe()]))
     rule = request.url_rule.rule if request.url_rule is not None else ""
-    if rule == MODELS_PATH + "/<path:model_id>":
+    if rule == MODELS_PATH + "/<model_id:model_id>":
         return jsonify(model_info(manager().describe(request.view_args["model_id"])[0]))
     return None
 

@@ -26,7 +26,7 @@ class OllamaMessage(_Lenient):
 
 class _Generation(_Lenient):
     model: str = Field(min_length=1)
-    format: Optional[Union[str, dict[str, Any]]] = None
+    format: Optional[Union[Literal["", "json"], dict[str, Any]]] = None  # or a JSON schema
     options: Optional[dict[str, Any]] = None
     stream: bool = True  # Ollama streams unless told not to
     keep_alive: KeepAlive = None

@@ -3,7 +3,7 @@ bodies (those are the serving core's, in ..schemas): embeddings, and vLLM's
 /tokenize and /detokenize; and the success answers of every route."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 
@@ -49,7 +49,7 @@ class TokenizeRequest(_Lenient):
 
 class DetokenizeRequest(_Lenient):
     model: str = ""  # empty: the default model
-    tokens: list[StrictInt]
+    tokens: list[Annotated[StrictInt, Field(ge=0)]]
 
 
 # --- success answers (what /openapi.json says each route returns) ---------------------------
@@ -204,3 +204,36 @@ class TokenizerInfo(Answer):
     pad_token: Optional[str]
     model_max_length: int
     chat_template: Optional[str] = None
+
+
+class ChunkDelta(Answer):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+    reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # index, id, function: name, arguments
+
+
+class ChunkChoice(Answer):
+    index: int
+    delta: ChunkDelta
+    finish_reason: Optional[Literal["stop", "length", "tool_calls"]]
+    logprobs: Optional[ChatLogprobs]
+
+
+class ChatCompletionChunk(Answer):
+    """One event of a streamed chat completion (its data; `[DONE]` ends the stream)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: Optional[str]
+    choices: list[ChunkChoice]
+    usage: Optional[Usage] = None  # the last chunk's, with stream_options.include_usage
+
+
+class CompletionChunk(Completion):
+    """One event of a streamed completion (its data; `[DONE]` ends the stream):
+    a completion whose usage only the last chunk carries."""
+
+    usage: Optional[Usage] = None  # type: ignore[assignment]

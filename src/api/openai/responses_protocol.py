@@ -12,12 +12,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..reply import ReplySummary
 from ..schemas import MAX_TOOLS, Text, _Lenient, null_is_default
-from ..spec import Answer
+from ..spec import Answer, requires_when
 
 # include values: what this server fills in, and those of built-in tools, which
 # have nothing to include here since such tools are refused
@@ -26,6 +26,10 @@ INCLUDE_VALUES = frozenset({
     INCLUDE_LOGPROBS, "reasoning.encrypted_content", "file_search_call.results",
     "web_search_call.results", "web_search_call.action.sources", "message.input_image.image_url",
     "computer_call_output.output.image_url", "code_interpreter_call.outputs"})
+NAME = {"type": "string", "minLength": 1}
+FUNCTION_TOOL = {"type": "object", "required": ["type", "name"], "properties": {
+    "type": {"const": "function"}, "name": NAME,
+    "parameters": {"anyOf": [{"type": "object"}, {"type": "null"}]}}}
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
 MAX_METADATA_PAIRS = 16
 
@@ -35,6 +39,8 @@ def new_id(prefix: str) -> str:
 
 
 class TextFormat(_Lenient):
+    model_config = ConfigDict(json_schema_extra=requires_when("type", ["json_schema"], "schema"))
+
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: Optional[str] = None
     description: Optional[str] = None
@@ -82,8 +88,20 @@ class ResponsesRequest(_Lenient):
     reasoning: ReasoningOptions = Field(default_factory=ReasoningOptions,
                                         json_schema_extra=null_is_default)
     previous_response_id: Optional[str] = Field(None, min_length=1, max_length=256)
-    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_TOOLS)
-    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any]] = "auto"
+    # function tools only (built-in ones get a precise 400); read as dicts for that reason
+    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_TOOLS,
+                                        json_schema_extra={"items": FUNCTION_TOOL})
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any]] = Field(
+        "auto", json_schema_extra={"anyOf": [
+            {"enum": ["none", "auto", "required"]},
+            {"type": "object", "required": ["type", "name"],
+             "properties": {"type": {"const": "function"}, "name": NAME}},
+            {"type": "object", "required": ["type", "tools"],
+             "properties": {"type": {"const": "allowed_tools"},
+                            "mode": {"enum": ["none", "auto", "required"]},
+                            "tools": {"type": "array", "minItems": 1, "items": {
+                                "type": "object", "required": ["name"],
+                                "properties": {"name": NAME}}}}}]})
     parallel_tool_calls: bool = True
     max_tool_calls: Optional[int] = Field(None, ge=1)
     store: bool = True
@@ -92,9 +110,10 @@ class ResponsesRequest(_Lenient):
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: Optional[dict[str, str]] = None
     user: Optional[str] = None
-    background: bool = False
-    conversation: Optional[Any] = None
-    prompt: Optional[Any] = None
+    # OpenAI's platform features, refused with a precise 400: null (or false) here
+    background: bool = Field(False, json_schema_extra={"enum": [False, None]})
+    conversation: Optional[Any] = Field(None, json_schema_extra={"type": "null"})
+    prompt: Optional[Any] = Field(None, json_schema_extra={"type": "null"})
     # vLLM's extensions, as on chat completions
     seed: Optional[int] = None
     top_k: Optional[int] = Field(None, ge=-1)
@@ -163,7 +182,13 @@ class ResponsesRequest(_Lenient):
             if kind == "function":
                 choice = {"type": "function", "function": {"name": choice.get("name")}}
             elif kind == "allowed_tools":  # a subset of the tools, in a mode
-                allowed = {t.get("name") for t in choice.get("tools") or []}
+                listed = choice.get("tools")
+                if not isinstance(listed, list) or not all(
+                        isinstance(t, dict) and isinstance(t.get("name"), str) for t in listed):
+                    raise InvalidRequestError("allowed_tools needs 'tools': a list of "
+                                              "{\"type\": \"function\", \"name\": ...}.",
+                                              param="tool_choice.tools")
+                allowed = {t.get("name") for t in listed}
                 tools = [t for t in tools if t["function"]["name"] in allowed]
                 choice = choice.get("mode", "auto")
                 if not tools:

@@ -16,10 +16,10 @@ from ..middleware.rate_limit import token_reservation
 from ..schemas import ChatCompletionRequest, CompletionRequest
 from ..serving import (cap_output, event_stream, manager, new_caller, request_timeout,
                        start_chat_job, with_model)
-from ..spec import SSE, accepts, responds
-from .protocol import (ChatCompletion, Completion, DetokenizeAnswer, DetokenizeRequest,
-                       EmbeddingList, EmbeddingRequest, ModelList, ModelObject, TokenizeAnswer,
-                       TokenizeRequest, TokenizerInfo)
+from ..spec import accepts, responds, sse
+from .protocol import (ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk,
+                       DetokenizeAnswer, DetokenizeRequest, EmbeddingList, EmbeddingRequest,
+                       ModelList, ModelObject, TokenizeAnswer, TokenizeRequest, TokenizerInfo)
 from .render import chat_response, chat_stream, completion_response, completion_stream
 
 bp = Blueprint("openai", __name__)
@@ -48,7 +48,7 @@ def list_models():
                     "data": [_model_object(info) for info in manager().describe()]})
 
 
-@bp.get("/v1/models/<path:model_id>")
+@bp.get("/v1/models/<model_id:model_id>")
 @responds(ModelObject)
 def get_model(model_id: str):
     return jsonify(_model_object(manager().describe(model_id)[0]))
@@ -56,7 +56,7 @@ def get_model(model_id: str):
 
 @bp.post("/v1/chat/completions")
 @bp.post("/chat/completions")  # clients configured without the /v1 prefix
-@responds(ChatCompletion, SSE)
+@responds(ChatCompletion, sse(ChatCompletionChunk))
 @accepts(ChatCompletionRequest)
 def chat_completions(req: ChatCompletionRequest):
     job, deadline = start_chat_job(req, "chat")
@@ -67,7 +67,7 @@ def chat_completions(req: ChatCompletionRequest):
 
 @bp.post("/v1/completions")
 @bp.post("/completions")
-@responds(Completion, SSE)
+@responds(Completion, sse(CompletionChunk))
 @accepts(CompletionRequest)
 def completions(req: CompletionRequest):
     cap_output(with_model(req))

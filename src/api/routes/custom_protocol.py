@@ -12,11 +12,11 @@ from pydantic import Field
 
 from ...core.exceptions import InvalidRequestError
 from ..openai.render import chat_response, chat_stream
-from ..openai.protocol import ChatCompletion
+from ..openai.protocol import ChatCompletion, ChatCompletionChunk
 from ..request_parsing import read_json, validate_as
 from ..schemas import ChatCompletionRequest, _Lenient
 from ..serving import event_stream, start_chat_job
-from ..spec import SSE, accepts, responds
+from ..spec import accepts, responds, sse
 
 bp = Blueprint("custom_protocol", __name__)
 
@@ -50,7 +50,7 @@ class Generation(ChatCompletion):
 
 
 @bp.post("/generate")
-@responds(Generation, SSE)
+@responds(Generation, sse(ChatCompletionChunk))
 @accepts(CustomGenerateRequest)
 def generate(req: CustomGenerateRequest):
     body = read_json()

@@ -64,7 +64,7 @@ def relay(**path_args: Any):
 relay.relays = True  # type: ignore[attr-defined]  # /openapi.json: as the instances answer
 for _path, _name in RELAYED.items():
     bp.add_url_rule(_path, endpoint=_name, view_func=relay, methods=["POST"])
-bp.add_url_rule("/v1/models/<path:model_id>/status", endpoint="model_status", view_func=relay)
+bp.add_url_rule("/v1/models/<model_id:model_id>/status", endpoint="model_status", view_func=relay)
 bp.add_url_rule("/<path:path>", endpoint="other", view_func=relay,
                 methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 
@@ -108,7 +108,7 @@ def list_models():
     return jsonify({"object": "list", "data": _merged_models()})
 
 
-@bp.get("/v1/models/<path:model_id>")
+@bp.get("/v1/models/<model_id:model_id>")
 @responds(ModelObject)
 def get_model(model_id: str):
     for model in _merged_models():
@@ -153,14 +153,14 @@ def load_model():
     return _manage("/v1/models/load", str(name or ""), True)
 
 
-@bp.delete("/v1/models/<path:model_id>/unload")
+@bp.delete("/v1/models/<model_id:model_id>/unload")
 @admin_only
 @responds(ModelInfo)
 def unload_model(model_id: str):
     return _manage(request.full_path.rstrip("?"), model_id, False)
 
 
-@bp.delete("/v1/models/<path:model_id>")
+@bp.delete("/v1/models/<model_id:model_id>")
 @admin_only
 @responds(DeletedModel)
 def delete_model(model_id: str):

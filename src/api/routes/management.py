@@ -44,14 +44,14 @@ def load_model(req: LoadModelRequest):
     return jsonify(info), 202 if info["state"] == "loading" else 200
 
 
-@bp.delete("/v1/models/<path:model_id>/unload")
+@bp.delete("/v1/models/<model_id:model_id>/unload")
 @admin_only
 @responds(ModelInfo)
 def unload_model(model_id: str):
     return jsonify(_manager().unload(model_id, _drain_timeout()))
 
 
-@bp.delete("/v1/models/<path:model_id>")
+@bp.delete("/v1/models/<model_id:model_id>")
 @admin_only
 @responds(DeletedModel)
 def delete_model(model_id: str):
@@ -60,7 +60,7 @@ def delete_model(model_id: str):
     return jsonify({"id": model_id, "object": "model", "deleted": True})
 
 
-@bp.get("/v1/models/<path:model_id>/status")
+@bp.get("/v1/models/<model_id:model_id>/status")
 @responds(ModelInfo)
 def model_status(model_id: str):
     return jsonify(_manager().describe(model_id)[0])
