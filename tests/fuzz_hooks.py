@@ -13,8 +13,8 @@ import schemathesis
 VOCABULARY = 256  # both tiny GGUF models: 261 tokens
 EMBEDDING_SIZE = 64  # and at least this many dimensions
 TOKEN_FIELDS = ("prompt", "input", "tokens")
-MAX_OUTPUT = 128  # tokens a generated request may ask for
-MAX_BODY_TEXT = 400  # characters of a generated body (its prompt must fit the context)
+MAX_OUTPUT = 32  # tokens a generated request may ask for
+MAX_BODY_TEXT = 300  # characters of a generated body (its prompt must fit the context)
 
 
 def _number(value: Any) -> Any:
@@ -58,15 +58,25 @@ def _enforceable(schema: Any) -> bool:
 
 
 @schemathesis.hook
-def filter_body(context: Any, body: Any) -> bool:
+def filter_case(context: Any, case: Any) -> bool:
+    """Every phase's cases (the coverage phase applies case hooks only)."""
+    return _servable(case.body)
+
+
+def _servable(body: Any) -> bool:
     if not isinstance(body, dict):
         return True
+    # the bundled models are real ones: loading them is slow, and their tokenizers drop
+    # some characters altogether (an input of those is empty to them: a 400)
+    # (and tiny-base has no chat template: most routes refuse it, rightly)
+    if body.get("model") not in (None, "", "tiny-chat", "tiny-chat:latest"):
+        return False
     if any(i >= VOCABULARY for field in TOKEN_FIELDS for i in _ids(body.get(field))):
         return False
     dimensions = _number(body.get("dimensions"))
     if dimensions is not None and dimensions > EMBEDDING_SIZE:
         return False
-    # the served context is 512 tokens, a byte a token: keep prompt plus output inside it
+    # the served context is 2048 tokens, a byte a token: keep prompt plus output inside it
     for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         wanted = _number(body.get(field))
         if wanted is not None and wanted > MAX_OUTPUT:

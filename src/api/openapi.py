@@ -25,9 +25,10 @@ from . import errors
 from .base_app import new_flask
 from .spec import JSON, SSE_MEDIA, Events, is_public
 
-# a model id may hold slashes, but does not end the way the routes about a model do
+# a model id may hold slashes, but is not `load` and does not end the way the routes
+# about a model do
 PATH_PARAMETERS = {"model_id": {"type": "string", "minLength": 1,
-                                "pattern": "^(?!.*/(?:status|unload)$)[^\\u0000]+$"}}
+                                "pattern": "^(?!load$)(?!.*/(?:status|unload)$)[^\\u0000]+$"}}
 STATIC_ANSWER = {200: ("A file of the web console", ("*/*",))}
 
 

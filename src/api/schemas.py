@@ -150,7 +150,7 @@ class _SamplingFields(_Lenient):
     logit_bias: Optional[dict[Annotated[int, Strict(False)], float]] = Field(
         None, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     seed: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
+    stop: Optional[Union[str, Annotated[list[str], Field(max_length=4)]]] = None  # as OpenAI
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
     # vLLM's extension: each prompt token's logprob and this many alternatives
     prompt_logprobs: Optional[int] = Field(None, ge=0, le=20)
@@ -164,13 +164,6 @@ class _SamplingFields(_Lenient):
     @classmethod
     def _null_is_default(cls, value: Any, info) -> Any:
         return cls.model_fields[info.field_name].default if value is None else value
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, value: Optional[Union[str, list[str]]]) -> Any:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -256,12 +249,18 @@ class NamedToolChoice(_Lenient):
     function: NamedFunction
 
 
+# a required or named tool_choice needs tools (and a named one, among them)
+CHOICE_NEEDS_TOOLS = [
+    requires_when("tool_choice", ["required"], "tools"),
+    {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"type": "object"}}},
+     "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}}}]
+
+
 class ChatCompletionRequest(_SamplingFields):
-    # a required or named tool_choice needs tools (and a named one, among them)
     model_config = ConfigDict(json_schema_extra={"allOf": [
-        NO_PROMPT_LOGPROBS_IN_STREAMS, requires_when("tool_choice", ["required"], "tools"),
-        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"type": "object"}}},
-         "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}}}]})
+        NO_PROMPT_LOGPROBS_IN_STREAMS, *CHOICE_NEEDS_TOOLS,
+        {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"minimum": 1}}},
+         "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}]})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     tools: Optional[list[ToolDef]] = Field(None, max_length=MAX_TOOLS)
@@ -331,7 +330,7 @@ class CompletionRequest(_SamplingFields):
     prompt: inputs_of(MAX_SEQUENCES)  # type: ignore[valid-type]
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0, le=5)
-    suffix: Optional[str] = None
+    suffix: Optional[str] = Field(None, json_schema_extra={"maxLength": 0})  # no fill-in
 
     @model_validator(mode="after")
     def _supported(self) -> "CompletionRequest":

@@ -15,9 +15,36 @@ class TextBlock(_Lenient):
     text: str
 
 
-class MessageParam(_Lenient):
-    role: Literal["user", "assistant"]
-    content: Union[str, list[dict[str, Any]]]
+def _blocks(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Content as a string or blocks of these types (with what each must hold)."""
+    return {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [
+        {"type": "object", "required": ["type", *(k for k in fields if k != "content")],
+         "properties": {"type": {"const": kind}, **fields}}
+        for kind, fields in kinds.items()]}}]}
+
+
+# the blocks served in each role's turns (images get a precise 400); a missing text,
+# name or input reads as empty
+_RESULT_TEXT = {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": {
+    "type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}}}]}
+USER_BLOCKS = _blocks({"text": {}, "redacted_thinking": {}, "tool_result": {
+    "tool_use_id": {"type": "string", "minLength": 1}, "content": _RESULT_TEXT}})
+ASSISTANT_BLOCKS = _blocks({"text": {}, "tool_use": {}, "thinking": {},
+                            "redacted_thinking": {}})
+
+
+class UserTurn(_Lenient):
+    role: Literal["user"]
+    content: Union[str, list[dict[str, Any]]] = Field(json_schema_extra=USER_BLOCKS)
+
+
+class AssistantTurn(_Lenient):
+    role: Literal["assistant"]
+    content: Union[str, list[dict[str, Any]]] = Field(json_schema_extra=ASSISTANT_BLOCKS)
+
+
+# a turn's blocks are read as dicts (an unserved block gets a precise 400)
+MessageParam = Annotated[Union[UserTurn, AssistantTurn], Field(discriminator="role")]
 
 
 class ToolParam(_Lenient):

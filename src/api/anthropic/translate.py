@@ -84,7 +84,7 @@ def chat_messages(req: Union[MessagesRequest, CountTokensRequest]) -> list[dict[
                     "name": str(block.get("name", "")),
                     "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
             elif kind == "tool_result" and message.role == "user":
-                if not block.get("tool_use_id"):
+                if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
                     raise InvalidRequestError("A tool_result needs tool_use_id.",
                                               param=f"{param}.tool_use_id")
                 results.append({"role": "tool", "tool_call_id": str(block["tool_use_id"]),

@@ -30,7 +30,8 @@ class _Generation(_Lenient):
     options: Optional[dict[str, Any]] = None
     stream: bool = True  # Ollama streams unless told not to
     keep_alive: KeepAlive = None
-    think: Optional[Union[bool, str]] = None
+    # or a level, as gpt-oss takes it
+    think: Optional[Union[bool, Literal["none", "minimal", "low", "medium", "high", "xhigh"]]] = None
 
 
 class ChatRequest(_Generation):

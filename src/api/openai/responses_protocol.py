@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..reply import ReplySummary
-from ..schemas import MAX_TOOLS, Text, _Lenient, null_is_default
+from ..schemas import CHOICE_NEEDS_TOOLS, MAX_TOOLS, Text, _Lenient, null_is_default
 from ..spec import Answer, requires_when
 
 # include values: what this server fills in, and those of built-in tools, which
@@ -31,6 +31,24 @@ FUNCTION_TOOL = {"type": "object", "required": ["type", "name"], "properties": {
     "type": {"const": "function"}, "name": NAME,
     "parameters": {"anyOf": [{"type": "object"}, {"type": "null"}]}}}
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
+_STRING = {"type": "string"}
+_TEXT_CONTENT = {"anyOf": [_STRING, {"type": "array", "items": {
+    "type": "object", "required": ["type", "text"],
+    "properties": {"type": {"enum": list(TEXT_PART_TYPES)}, "text": _STRING}}}]}
+# a conversation needs more than reasoning: a message, a call or a call's output
+NOT_ONLY_REASONING = {"not": {"type": "object", "required": ["type"],
+                              "properties": {"type": {"const": "reasoning"}}}}
+# the input items served (normalise_item), as the document states them
+INPUT_ITEM = {"anyOf": [
+    {"type": "object", "required": ["role"], "properties": {
+        "type": {"const": "message"}, "role": {"enum": ["user", "assistant", "system", "developer"]},
+        "content": _TEXT_CONTENT}},
+    {"type": "object", "required": ["type", "call_id", "name", "arguments"], "properties": {
+        "type": {"const": "function_call"}, "call_id": _STRING, "name": _STRING,
+        "arguments": _STRING}},
+    {"type": "object", "required": ["type", "call_id", "output"], "properties": {
+        "type": {"const": "function_call_output"}, "call_id": _STRING, "output": _TEXT_CONTENT}},
+    {"type": "object", "required": ["type"], "properties": {"type": {"const": "reasoning"}}}]}
 MAX_METADATA_PAIRS = 16
 
 
@@ -76,8 +94,12 @@ class ReasoningOptions(_Lenient):
 
 
 class ResponsesRequest(_Lenient):
+    model_config = ConfigDict(json_schema_extra={"allOf": CHOICE_NEEDS_TOOLS})
+
     model: str = ""  # empty: the default model
-    input: Union[Text, Annotated[list[dict[str, Any]], Field(min_length=1)]]
+    input: Union[Text, Annotated[list[dict[str, Any]],
+                                 Field(min_length=1, json_schema_extra={
+                                     "items": INPUT_ITEM, "contains": NOT_ONLY_REASONING})]]
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
