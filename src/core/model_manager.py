@@ -195,9 +195,13 @@ class ModelManager:
             model.last_used = time.time()
             waiters = model.drain_waiters if model.in_flight == 0 else []
             model.drain_waiters = [] if waiters else model.drain_waiters
+            # the reaper looks again only when this model can expire (not on every
+            # request of a server that never unloads idle models)
+            expires = model.in_flight == 0 and not math.isinf(self._expiry(model))
         for waiter in waiters:
             waiter.put(True)
-        self._reaper.notify()
+        if expires:
+            self._reaper.notify()
 
     def _keep(self, model: _Model, seconds: Optional[float]) -> None:
         with self._lock:
