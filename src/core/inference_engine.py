@@ -7,11 +7,29 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .concurrency import CrossThreadQueue
-from .exceptions import RequestTimeoutError, ServiceError, UnsupportedFeatureError
+from loguru import logger
+
+from .concurrency import CrossThreadQueue, allocate_native_lock, start_native_thread
+from .exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
+                         ModelLoadError, RequestTimeoutError, ServiceError,
+                         ServiceUnavailableError, UnsupportedFeatureError)
+
+
+class ModelState(StrEnum):
+    """Where a model is in its life: the same names in the engines, the model
+    manager, the API's answers and the console."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    ERROR = "error"  # the load failed, or the engine's worker did
 
 
 @dataclass
@@ -119,7 +137,7 @@ class EngineStatus:
     model_id: str
     engine: str
     path: str
-    state: str  # "loading" | "ready" | "unloading" | "unloaded" | "failed"
+    state: ModelState
     context_length: int = 0
     parallel_sequences: int = 0
     requests_running: int = 0
@@ -187,9 +205,17 @@ class RequestStream:
 
 
 class InferenceEngine(ABC):
-    """A loaded (or loadable) model behind one engine library."""
+    """A loaded (or loadable) model behind one engine library.
+
+    The base class owns what every engine does the same way: the lifecycle
+    (its states are the model manager's), the handshake with the engine's
+    worker thread, the checks a request passes before it is queued, and the
+    token counters. An engine supplies `_open` (load the weights, in the
+    worker thread), `_serve` (run until `_stopping`), `_queue` and the rest.
+    """
 
     name: str = "base"
+    library: str = "the engine"  # in messages: "llama.cpp could not load ..."
 
     def __init__(self, model_id: str, options: Optional[EngineOptions] = None):
         self.model_id = model_id
@@ -197,9 +223,22 @@ class InferenceEngine(ABC):
         # how far `load` has come (0..1) and what it is doing: read by the model
         # manager for /v1/models/{id}/status and the console's progress bar
         self.load_progress: tuple[float, str] = (0.0, "starting")
+        self.state = ModelState.UNLOADED
+        self.path = ""
+        self.loaded_at: Optional[float] = None
+        self.parallel_sequences = self.options.parallel_sequences  # an engine may lower it
+        self.tokens_generated = 0
+        # set by `_open`: requests are checked against them
+        self._context_length = 0
+        self._vocab_size = 0
+        self._stopping = False
+        self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens) per step
+        self._loaded = allocate_native_lock()
+        self._exited = allocate_native_lock()
+        self._load_error: Optional[str] = None
 
     def report_progress(self, fraction: float, stage: str) -> None:
-        """Called by an engine's `load` as it goes (from any thread)."""
+        """Called by an engine's `_open` as it goes (from any thread)."""
         self.load_progress = (min(max(fraction, 0.0), 1.0), stage)
 
     # lifecycle -----------------------------------------------------------
@@ -208,25 +247,123 @@ class InferenceEngine(ABC):
         """A quick look at the weights before anything is unloaded to make room
         for them: raise ModelLoadError when they are plainly not loadable."""
 
-    @abstractmethod
     def load(self, model_path: str) -> None:
-        """Load the weights and start the scheduler; raise ModelLoadError."""
+        """Load the weights in the engine's worker thread and start serving;
+        raise ModelLoadError."""
+        self.check_model(model_path)
+        self.state, self.path = ModelState.LOADING, str(Path(model_path).resolve())
+        self._stopping, self._load_error = False, None
+        self._loaded.acquire()
+        self._exited.acquire()
+        start_native_thread(self._work)
+        self._loaded.acquire()  # the worker has loaded the weights, or failed
+        self._loaded.release()
+        if self._load_error is not None:
+            self.state = ModelState.ERROR
+            raise ModelLoadError(self._load_error)
+        self.loaded_at = time.time()
+        self.state = ModelState.READY
+        self.report_progress(1.0, "ready")
+        logger.info("Loaded {} with {}: {} tokens of context, {} sequences, {}", self.model_id,
+                    self.library, self._context_length, self.parallel_sequences,
+                    self._load_summary())
 
-    @abstractmethod
     def unload(self) -> None:
-        """Stop the scheduler, end every request, free the memory."""
+        """Stop the worker, end every request, free the memory."""
+        if self.loaded_at is None or self.state in (ModelState.UNLOADING, ModelState.UNLOADED):
+            return  # never loaded, or already going
+        self.state = ModelState.UNLOADING
+        self._stopping = True
+        self._wake()
+        self._exited.acquire()  # the worker has ended every request and stopped
+        self._exited.release()
+        self._close()
+        self.loaded_at = None
+        self.state = ModelState.UNLOADED
+
+    def _work(self) -> None:
+        """The worker thread: load, tell `load`, serve until unloaded."""
+        try:
+            self._open()
+        except Exception as exc:  # a bad file or no memory fails the load, not the worker
+            self._load_error = (exc.message if isinstance(exc, ModelLoadError) else
+                                f"{self.library} could not load {Path(self.path).name}: {exc}")
+            self._loaded.release()
+            self._exited.release()
+            return
+        self._loaded.release()
+        try:
+            self._serve()
+        except Exception as exc:  # a bug must end requests, not hang them
+            logger.exception("The worker of {} failed", self.model_id)
+            self.state = ModelState.ERROR
+            self._fail_all(EngineError(f"The engine failed: {exc}"))
+        finally:
+            self._fail_all(ServiceUnavailableError(f"Model '{self.model_id}' was unloaded."))
+            self._exited.release()
 
     @abstractmethod
-    def status(self) -> EngineStatus: ...
+    def _open(self) -> None:
+        """Load the weights (in the worker thread); set _context_length and
+        _vocab_size. Raise to fail the load."""
+
+    @abstractmethod
+    def _serve(self) -> None:
+        """Serve requests until `_stopping` is set (in the worker thread)."""
+
+    def _wake(self) -> None:
+        """Make the worker look at `_stopping` (and at new work) now."""
+
+    def _close(self) -> None:
+        """Free what outlives the worker thread, after it stopped."""
+
+    @abstractmethod
+    def _fail_all(self, error: ServiceError) -> None:
+        """End every running and waiting request with `error` (worker thread)."""
+
+    # status ----------------------------------------------------------------
+    def status(self) -> EngineStatus:
+        running, waiting = self._queue_lengths()
+        return EngineStatus(
+            model_id=self.model_id, engine=self.name, path=self.path, state=self.state,
+            context_length=self._context_length, parallel_sequences=self.parallel_sequences,
+            requests_running=running, requests_waiting=waiting,
+            memory_bytes=self._memory_bytes(), tokens_generated=self.tokens_generated,
+            tokens_per_second=self.tokens_per_second, loaded_at=self.loaded_at)
+
+    @abstractmethod
+    def _queue_lengths(self) -> tuple[int, int]:
+        """(requests running, requests waiting for a sequence)."""
+
+    def _memory_bytes(self) -> int:
+        return 0
+
+    def _load_summary(self) -> str:
+        """What the load log line adds (threads, chat template, ...)."""
+        return ""
+
+    def _count_tokens(self, produced: int) -> None:
+        """`produced` tokens came out of one step (any thread)."""
+        self.tokens_generated += produced
+        self._recent.append((time.monotonic(), produced))
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Over the last steps: what /metrics and the console show."""
+        recent = list(self._recent)
+        if len(recent) < 2:
+            return 0.0
+        span = recent[-1][0] - recent[0][0]
+        return round(sum(n for _, n in recent[1:]) / span, 2) if span > 0 else 0.0
 
     @property
     @abstractmethod
     def capabilities(self) -> EngineCapabilities: ...
 
     @property
-    @abstractmethod
     def context_length(self) -> int:
         """Tokens one request may use, prompt and output together."""
+        return self._context_length
 
     # text ----------------------------------------------------------------
     @abstractmethod
@@ -252,14 +389,58 @@ class InferenceEngine(ABC):
         `enable_thinking`). Raise InvalidRequestError when the model has none."""
 
     # generation ------------------------------------------------------------
-    @abstractmethod
     def submit(self, request: GenerationRequest) -> RequestStream:
-        """Queue a request; raise ContextLengthExceededError or
-        ServiceUnavailableError at once rather than failing later."""
+        """Check and queue a request; raise ContextLengthExceededError,
+        InvalidRequestError or ServiceUnavailableError at once rather than
+        failing later."""
+        self.check_request(request)
+        return self._queue(request)
+
+    @abstractmethod
+    def _queue(self, request: GenerationRequest) -> RequestStream:
+        """Queue a checked request (an engine may still refuse it: a grammar
+        it cannot enforce, a full queue)."""
 
     @abstractmethod
     def abort(self, request_id: str) -> None:
         """Stop a request and free its slot; unknown ids are ignored."""
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """A request refused at once (503, 400) rather than failed later."""
+        self._check_ready()
+        if not request.prompt_tokens:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        self.check_token_ids(request.prompt_tokens, "prompt")
+        wanted = len(request.prompt_tokens) + (1 if request.max_tokens is None
+                                               else request.max_tokens)
+        if wanted > self._context_length:
+            raise ContextLengthExceededError(self._context_length, wanted)
+        for token in request.sampling.logit_bias:
+            if not 0 <= token < self._vocab_size:
+                raise InvalidRequestError(f"logit_bias names token {token}, outside this "
+                                          f"model's vocabulary (0..{self._vocab_size - 1}).",
+                                          param="logit_bias")
+
+    def check_embedding_inputs(self, inputs: list[list[int]]) -> None:
+        self._check_ready()
+        for tokens in inputs:
+            if not tokens:
+                raise InvalidRequestError("An input is empty.", param="input")
+            self.check_token_ids(tokens, "input")
+            if len(tokens) > self._context_length:
+                raise ContextLengthExceededError(self._context_length, len(tokens),
+                                                 param="input")
+
+    def check_token_ids(self, tokens: list[int], param: str) -> None:
+        """A 400 for a token id outside the vocabulary (engines read out of bounds on one)."""
+        bad = next((t for t in tokens if not 0 <= t < self._vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
+                                      f"(0..{self._vocab_size - 1}).", param=param)
+
+    def _check_ready(self) -> None:
+        if self.state != ModelState.READY:
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self.state}.")
 
     def embed(self, inputs: list[list[int]], timeout: float) -> list[list[float]]:
         """One L2-normalised embedding per input (token ids)."""

@@ -27,7 +27,7 @@ from .concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_lock,
                           call_in_native_thread, start_native_thread)
 from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotLoadedError,
                          ServiceError, ServiceUnavailableError)
-from .inference_engine import EngineOptions, InferenceEngine
+from .inference_engine import EngineOptions, InferenceEngine, ModelState
 from .model_catalog import ModelCatalog, ModelSettings, ModelSpec
 
 EngineClassFor = Callable[[str], type]  # engine name -> InferenceEngine subclass
@@ -38,7 +38,7 @@ ops_log = logger.bind(channel="model")
 class _Model:
     spec: ModelSpec
     engine_name: str
-    state: str = "unloaded"
+    state: ModelState = ModelState.UNLOADED
     error: Optional[str] = None
     engine: Optional[InferenceEngine] = None
     loading: Optional[InferenceEngine] = None  # the engine whose load is under way
@@ -114,7 +114,7 @@ class ModelManager:
         return self.catalog.default_model_id
 
     def ready_models(self) -> list[str]:
-        return [m.model_id for m in list(self._models.values()) if m.state == "ready"]
+        return [m.model_id for m in list(self._models.values()) if m.state == ModelState.READY]
 
     def states(self) -> dict[str, tuple[str, Optional[str]]]:
         """(state, error) of every model ever loaded: cheap, no catalog scan."""
@@ -128,7 +128,7 @@ class ModelManager:
     def _describe(self, spec: ModelSpec) -> dict[str, Any]:
         model = self._models.get(spec.model_id)
         info: dict[str, Any] = {"id": spec.model_id, **spec.describe(),
-                                "state": model.state if model else "unloaded",
+                                "state": model.state if model else ModelState.UNLOADED,
                                 "error": model.error if model else None,
                                 "engine": model.engine_name if model else
                                 (spec.engine or self.default_engine),
@@ -138,10 +138,10 @@ class ModelManager:
                                 "last_used": model.last_used if model and model.last_used else None,
                                 "expires_at": self._expiry_of(model),
                                 "default": spec.model_id == self.default_model_id}
-        if model and model.state == "loading":
+        if model and model.state == ModelState.LOADING:
             fraction, stage = model.loading.load_progress if model.loading else (0.0, "queued")
             info["load_progress"], info["load_stage"] = round(fraction, 3), stage
-        if model and model.engine is not None and model.state == "ready":
+        if model and model.engine is not None and model.state == ModelState.READY:
             status = model.engine.status()
             info["runtime"] = {k: v for k, v in vars(status).items()
                                if k not in ("model_id", "engine", "path", "state", "loaded_at")}
@@ -165,16 +165,16 @@ class ModelManager:
         if model is None:
             spec = self.catalog.get(name)  # 404 for an unknown name
             model = self._models.get(spec.model_id)
-            if model is None or model.state != "ready":
-                if model is not None and model.state == "unloading":
+            if model is None or model.state != ModelState.READY:
+                if model is not None and model.state == ModelState.UNLOADING:
                     raise ServiceUnavailableError(f"Model '{spec.model_id}' is being unloaded.",
                                                   headers={"Retry-After": "5"})
-                if not self.auto_load and (model is None or model.state != "loading"):
+                if not self.auto_load and (model is None or model.state != ModelState.LOADING):
                     raise ModelNotLoadedError(spec.model_id)
                 self._begin_load(spec)
                 model = self._wait_loaded(spec.model_id, deadline)
         with self._lock:
-            if model.state != "ready":
+            if model.state != ModelState.READY:
                 raise ServiceUnavailableError(f"Model '{model.model_id}' is {model.state}; "
                                               f"retry shortly.", headers={"Retry-After": "5"})
             model.in_flight += 1
@@ -187,7 +187,7 @@ class ModelManager:
         if model is None:
             model = next((m for m in list(self._models.values())
                           if name in m.spec.settings.aliases), None)
-        return model if model is not None and model.state == "ready" else None
+        return model if model is not None and model.state == ModelState.READY else None
 
     def _release(self, model: _Model) -> None:
         with self._lock:
@@ -216,7 +216,8 @@ class ModelManager:
         deadline = time.monotonic() + timeout
         custom = bool(model_path or engine or (settings and settings.model_fields_set))
         model = self._models.get(name)
-        if custom and model is not None and model.state in ("loading", "ready", "unloading"):
+        if custom and model is not None and model.state in (
+                ModelState.LOADING, ModelState.READY, ModelState.UNLOADING):
             raise ConflictError(f"Model '{name}' is {model.state}: unload it before loading it "
                                 f"with other settings.", param="model_name")
         if custom:
@@ -254,13 +255,14 @@ class ModelManager:
         victims: list[_Model] = []
         with self._lock:
             model = self._models.get(spec.model_id)
-            if model is not None and model.state in ("loading", "ready"):
+            if model is not None and model.state in (ModelState.LOADING, ModelState.READY):
                 return
-            if model is not None and model.state == "unloading":
+            if model is not None and model.state == ModelState.UNLOADING:
                 raise ServiceUnavailableError(f"Model '{spec.model_id}' is being unloaded; "
                                               f"retry shortly.", headers={"Retry-After": "5"})
-            resident = [m for m in self._models.values() if m.state in ("loading", "ready")]
-            idle = sorted((m for m in resident if m.state == "ready" and not m.busy()),
+            resident = [m for m in self._models.values()
+                        if m.state in (ModelState.LOADING, ModelState.READY)]
+            idle = sorted((m for m in resident if m.state == ModelState.READY and not m.busy()),
                           key=lambda m: m.last_used)
             excess = len(resident) + 1 - self._max_models
             if excess > len(idle):
@@ -269,12 +271,12 @@ class ModelManager:
                     f"unload one or retry when they are idle.", code="models_busy")
             victims = idle[:max(excess, 0)]
             for victim in victims:
-                victim.state = "unloading"
+                victim.state = ModelState.UNLOADING
             if model is None:
                 model = self._models[spec.model_id] = _Model(spec, engine_name)
             # the same record across loads: leases of an earlier load still count down on it
             model.spec, model.engine_name = spec, engine_name
-            model.state, model.error = "loading", None
+            model.state, model.error = ModelState.LOADING, None
 
         def load() -> None:
             try:
@@ -283,7 +285,7 @@ class ModelManager:
             except Exception as exc:  # nothing was unloaded for a model that cannot load
                 with self._lock:
                     for victim in victims:
-                        victim.state = "ready"
+                        victim.state = ModelState.READY
                 self._loaded(model, None, _load_error(model.model_id, exc))
                 return
             for victim in victims:
@@ -313,10 +315,10 @@ class ModelManager:
         with self._lock:
             model.loading = None
             if error is None:
-                model.engine, model.state, model.error = engine, "ready", None
+                model.engine, model.state, model.error = engine, ModelState.READY, None
                 model.loaded_at, model.last_used = time.time(), time.time()
             else:
-                model.state, model.error = "error", error
+                model.state, model.error = ModelState.ERROR, error
             waiters, model.load_waiters = model.load_waiters, []
         if error is None:
             ops_log.info("Model {} ready in {:.2f}s", model.model_id, model.load_seconds)
@@ -331,7 +333,7 @@ class ModelManager:
             while True:
                 with self._lock:
                     model = self._models[model_id]
-                    if model.state != "loading":
+                    if model.state != ModelState.LOADING:
                         break
                     model.load_waiters.append(waiter)
                 left = deadline - time.monotonic()
@@ -342,7 +344,7 @@ class ModelManager:
                                                   f"shortly.", headers={"Retry-After": "5"})
         finally:
             waiter.close()
-        if model.state == "error":
+        if model.state == ModelState.ERROR:
             raise ModelLoadError(model.error or f"Model '{model_id}' could not be loaded.")
         return model
 
@@ -364,13 +366,13 @@ class ModelManager:
         try:
             with self._lock:
                 model = self._models.get(spec.model_id)
-                if model is not None and model.state == "loading":
+                if model is not None and model.state == ModelState.LOADING:
                     raise ConflictError(f"Model '{spec.model_id}' is loading; unload it once "
                                         f"it is ready.", code="model_loading")
-                mine = model is not None and model.state == "ready"
+                mine = model is not None and model.state == ModelState.READY
                 if mine:
-                    model.state = "unloading"
-                if model is not None and model.state == "unloading" and model.in_flight:
+                    model.state = ModelState.UNLOADING
+                if model is not None and model.state == ModelState.UNLOADING and model.in_flight:
                     model.drain_waiters.append(waiter)
                     in_flight = model.in_flight
                 else:
@@ -387,7 +389,8 @@ class ModelManager:
             self.catalog.forget(spec.model_id)
             with self._lock:
                 self._models.pop(spec.model_id, None)
-        return self._describe(spec) if not forget else {"id": spec.model_id, "state": "unloaded"}
+        return (self._describe(spec) if not forget
+                else {"id": spec.model_id, "state": ModelState.UNLOADED})
 
     def _finish_unload(self, model: _Model) -> None:
         """Free the engine (native thread): requests still running end with an error."""
@@ -396,7 +399,7 @@ class ModelManager:
         if engine is not None:
             engine.unload()
         with self._lock:
-            model.engine, model.state, model.loaded_at = None, "unloaded", None
+            model.engine, model.state, model.loaded_at = None, ModelState.UNLOADED, None
             model.keep_for = None
         ops_log.info("Unloaded {}{}", model.model_id,
                      f" ({left} requests in flight were ended)" if left else "")
@@ -409,7 +412,7 @@ class ModelManager:
         return model.last_used + keep
 
     def _expiry_of(self, model: Optional[_Model]) -> Optional[float]:
-        if model is None or model.state != "ready":
+        if model is None or model.state != ModelState.READY:
             return None
         expiry = self._expiry(model)
         return None if math.isinf(expiry) else expiry
@@ -420,11 +423,11 @@ class ModelManager:
         while not self._stopping:
             now = time.time()
             with self._lock:
-                ready = [m for m in self._models.values() if m.state == "ready"]
+                ready = [m for m in self._models.values() if m.state == ModelState.READY]
                 idle = [m for m in ready if not m.busy()]
                 due = [m for m in idle if self._expiry(m) <= now]
                 for model in due:
-                    model.state = "unloading"
+                    model.state = ModelState.UNLOADING
                 upcoming = min((self._expiry(m) for m in idle if m not in due), default=math.inf)
             for model in due:
                 if model.keep_for is not None:
@@ -440,8 +443,8 @@ class ModelManager:
         self._stopping = True
         self._reaper.notify()
         for model in list(self._models.values()):
-            if model.state == "ready":
-                model.state = "unloading"
+            if model.state == ModelState.READY:
+                model.state = ModelState.UNLOADING
                 self._finish_unload(model)
 
 

@@ -81,11 +81,3 @@ def render_or_refuse(template: Optional[ChatTemplate], model_id: str,
             param="model", code="chat_template_missing")
     return template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
                            **(template_kwargs or {}))
-
-
-def check_token_ids(tokens: list[int], vocab_size: int, param: str) -> None:
-    """A 400 for a token id outside the vocabulary (engines read out of bounds on one)."""
-    bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise InvalidRequestError(f"Token id {bad} is outside this model's vocabulary "
-                                  f"(0..{vocab_size - 1}).", param=param)

@@ -1,25 +1,20 @@
 """What the engines that load Hugging Face model folders (MLX, vLLM) share:
-a `transformers` tokenizer, the folder's chat template, the same
-capabilities and the same checks on a request before it is queued."""
+a `transformers` tokenizer, the folder's chat template and the same
+capabilities."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..core.exceptions import (ContextLengthExceededError, InvalidRequestError,
-                               ServiceUnavailableError)
-from ..core.inference_engine import EngineCapabilities, GenerationRequest
-from .chat_template import ChatTemplate, check_token_ids, render_or_refuse
+from ..core.inference_engine import EngineCapabilities
+from .chat_template import ChatTemplate, render_or_refuse
 
 
 class HFText:
-    """Mixed into an engine that sets `_tokenizer`, `_template`, `_vocab_size`
-    and `_context_length` at load, and keeps its `_state`."""
+    """Mixed into an engine that sets `_tokenizer` and `_template` at load."""
 
     model_id: str
-    _state: str
     _tokenizer: Any
     _template: Optional[ChatTemplate]
-    _vocab_size: int
     _context_length: int
 
     @property
@@ -28,27 +23,11 @@ class HFText:
                                   prompt_logprobs=True, grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    def _check_request(self, request: GenerationRequest) -> None:
-        """A request refused at once (503, 400) rather than failed later."""
-        if self._state != "ready":
-            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
-        if not request.prompt_tokens:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        self._check_tokens(request.prompt_tokens, "prompt")
-        wanted = len(request.prompt_tokens) + (1 if request.max_tokens is None
-                                               else request.max_tokens)
-        if wanted > self._context_length:
-            raise ContextLengthExceededError(self._context_length, wanted)
-
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special))
 
     def detokenize(self, tokens: list[int]) -> str:
-        self._check_tokens(tokens, "tokens")
+        self.check_token_ids(tokens, "tokens")
         return self._tokenizer.decode(tokens)
 
     def tokenizer_info(self) -> dict[str, Any]:
@@ -68,9 +47,6 @@ class HFText:
                     template_kwargs=None) -> str:
         return render_or_refuse(self._template, self.model_id, messages, tools,
                                 add_generation_prompt, template_kwargs)
-
-    def _check_tokens(self, tokens: list[int], param: str) -> None:
-        check_token_ids(tokens, self._vocab_size, param)
 
     def _template_from(self, tokenizer: Any, options: Any) -> Optional[ChatTemplate]:
         """A per-model template file first, then the folder's own, then CHAT_TEMPLATE."""

@@ -10,7 +10,6 @@ chunks, samples with llama.cpp's own samplers and hands each request its text.
 from __future__ import annotations
 
 import ctypes
-import itertools
 import json
 import time
 from collections import deque
@@ -24,17 +23,15 @@ from loguru import logger
 import llama_cpp as _lib
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from ..core.concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_lock,
-                                start_native_thread)
-from ..core.exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
-                               ModelLoadError, RequestTimeoutError, ServiceError,
-                               ServiceUnavailableError)
+from ..core.concurrency import CrossThreadQueue, NativeWakeup
+from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
+                               RequestTimeoutError, ServiceError)
 from ..core.fair_queue import FairQueue, queue_full
-from ..core.inference_engine import (EngineCapabilities, EngineStatus, GenerationDelta,
+from ..core.inference_engine import (EngineCapabilities, GenerationDelta,
                                      GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
 from ..core.text_stream import IncrementalText
-from .chat_template import ChatTemplate, check_token_ids, render_or_refuse
+from .chat_template import ChatTemplate, render_or_refuse
 from .llamacpp_embeddings import LlamaCppEmbedder
 from .logprobs import first_entry, log_softmax, logprob_entry
 
@@ -118,18 +115,16 @@ class _Sequence:
 
 class LlamaCppEngine(InferenceEngine):
     name = "llama_cpp"
+    library = "llama.cpp"
 
     def __init__(self, model_id: str, options=None):
         super().__init__(model_id, options)
-        self._state = "unloaded"
-        self._path = ""
         self._model = None
         self._ctx = None
         self._vocab = None
         self._batch = None
         self._n_batch = 0
-        self._n_vocab = 0
-        self._n_ctx_seq = 0
+        self._threads = 0
         self._template: Optional[ChatTemplate] = None
         self._bos_text = ""
         self._add_bos = False
@@ -141,11 +136,6 @@ class LlamaCppEngine(InferenceEngine):
         self._active: dict[str, _Sequence] = {}
         self._free_slots: list[_Slot] = []
         self._wakeup = NativeWakeup()
-        self._exited = allocate_native_lock()
-        self._stopping = False
-        self._loaded_at: Optional[float] = None
-        self._tokens_generated = 0
-        self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens) per step
 
     # lifecycle -----------------------------------------------------------
     @classmethod
@@ -160,11 +150,8 @@ class LlamaCppEngine(InferenceEngine):
             raise ModelLoadError(f"{path.name} is not a GGUF model file; the llama.cpp engine "
                                  f"loads GGUF files (.gguf).")
 
-    def load(self, model_path: str) -> None:
-        path = Path(model_path)
-        if not path.is_file():
-            raise ModelLoadError(f"Model file not found: {path}")
-        self._state, self._path = "loading", str(path)
+    def _open(self) -> None:
+        path = Path(self.path)
         _init_backend()
         opts = self.options
         model_params = _lib.llama_model_default_params()
@@ -179,68 +166,53 @@ class LlamaCppEngine(InferenceEngine):
         model = _lib.llama_model_load_from_file(str(path).encode(), model_params)
         self.report_progress(0.9, "allocating the context")
         if not model:
-            self._state = "failed"
             raise ModelLoadError(f"llama.cpp could not load {path.name} (not a valid GGUF model?)")
         n_ctx_train = _lib.llama_model_n_ctx_train(model)
         per_seq = min(opts.context_size or n_ctx_train, n_ctx_train)
         n_seq = opts.parallel_sequences
-        threads = opts.threads or _physical_cores()
+        self._threads = opts.threads or _physical_cores()
         ctx_params = _lib.llama_context_default_params()
         ctx_params.n_ctx = per_seq * n_seq
         ctx_params.n_batch = ctx_params.n_ubatch = max(opts.batch_tokens, n_seq)
         ctx_params.n_seq_max = n_seq
-        ctx_params.n_threads = threads
-        ctx_params.n_threads_batch = threads
+        ctx_params.n_threads = self._threads
+        ctx_params.n_threads_batch = self._threads
         ctx_params.kv_unified = False  # each sequence owns n_ctx / n_seq cells
         ctx_params.no_perf = True
         ctx = _lib.llama_init_from_model(model, ctx_params)
         if not ctx:
             _lib.llama_model_free(model)
-            self._state = "failed"
             raise ModelLoadError(f"llama.cpp could not create a context for {path.name} "
                                  f"({per_seq} tokens x {n_seq} sequences): out of memory?")
         self._model, self._ctx = model, ctx
         self._vocab = _lib.llama_model_get_vocab(model)
-        self._n_vocab = _lib.llama_vocab_n_tokens(self._vocab)
-        self._n_ctx_seq = _lib.llama_n_ctx_seq(ctx)
+        self._vocab_size = _lib.llama_vocab_n_tokens(self._vocab)
+        self._context_length = _lib.llama_n_ctx_seq(ctx)
         self._memory = _lib.llama_get_memory(ctx)
         self._n_batch = ctx_params.n_batch
         self._batch = _lib.llama_batch_init(self._n_batch, 0, 1)
         self._free_slots = [_Slot(seq_id) for seq_id in range(n_seq)]
         self._add_bos = bool(_lib.llama_vocab_get_add_bos(self._vocab))
         self._template = self._load_template(model)
-        self._stopping = False
-        self._exited.acquire()
-        start_native_thread(self._run)
-        self._loaded_at = time.time()
-        self._state = "ready"
-        self.report_progress(1.0, "ready")
-        logger.info("Loaded {} with llama.cpp: {} tokens x {} sequences, {} threads, chat template: {}",
-                    self.model_id, self._n_ctx_seq, n_seq, threads,
-                    "yes" if self._template else "no")
 
-    def unload(self) -> None:
-        if self._ctx is None:
-            return
-        self._state = "unloading"
-        self._stopping = True
+    def _load_summary(self) -> str:
+        return f"{self._threads} threads, chat template: {'yes' if self._template else 'no'}"
+
+    def _wake(self) -> None:
         self._wakeup.notify()
-        self._exited.acquire()  # the scheduler has failed every request and stopped
-        self._exited.release()
+
+    def _close(self) -> None:
         _lib.llama_batch_free(self._batch)
         _lib.llama_free(self._ctx)
         _lib.llama_model_free(self._model)
         self._ctx = self._model = self._batch = self._vocab = None
-        self._state = "unloaded"
 
-    def status(self) -> EngineStatus:
-        return EngineStatus(
-            model_id=self.model_id, engine=self.name, path=self._path, state=self._state,
-            context_length=self._n_ctx_seq, parallel_sequences=self.options.parallel_sequences,
-            requests_running=len(self._active), requests_waiting=len(self._pending),
-            memory_bytes=_lib.llama_model_size(self._model) if self._model else 0,
-            tokens_generated=self._tokens_generated, tokens_per_second=self._recent_rate(),
-            loaded_at=self._loaded_at)
+    def _queue_lengths(self) -> tuple[int, int]:
+        return len(self._active), len(self._pending)
+
+    def _memory_bytes(self) -> int:
+        model = self._model
+        return _lib.llama_model_size(model) if model else 0
 
     @property
     def capabilities(self) -> EngineCapabilities:
@@ -248,10 +220,6 @@ class LlamaCppEngine(InferenceEngine):
                                   prompt_logprobs=True, embeddings=True,
                                   grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
-
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx_seq
 
     # text ----------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -266,7 +234,7 @@ class LlamaCppEngine(InferenceEngine):
         return list(buf[:n])
 
     def detokenize(self, tokens: list[int]) -> str:
-        self._check_tokens(tokens, "tokens")
+        self.check_token_ids(tokens, "tokens")
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 
     def tokenizer_info(self) -> dict[str, Any]:
@@ -279,7 +247,7 @@ class LlamaCppEngine(InferenceEngine):
             "pad_token": self._special_text(pad) if pad >= 0 else None,
             "add_bos_token": self._add_bos,
             "add_eos_token": bool(_lib.llama_vocab_get_add_eos(vocab)),
-            "model_max_length": self._n_ctx_seq, "vocab_size": self._n_vocab}
+            "model_max_length": self._context_length, "vocab_size": self._vocab_size}
         if self._template is not None:
             info["chat_template"] = self._template.source
         return info
@@ -299,21 +267,7 @@ class LlamaCppEngine(InferenceEngine):
         return prompt
 
     # generation ------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> RequestStream:
-        if self._state != "ready":
-            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
-        n_prompt = len(request.prompt_tokens)
-        if n_prompt == 0:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        self._check_tokens(request.prompt_tokens, "prompt")
-        wanted = n_prompt + (1 if request.max_tokens is None else request.max_tokens)
-        if wanted > self._n_ctx_seq:
-            raise ContextLengthExceededError(self._n_ctx_seq, wanted)
-        for token in request.sampling.logit_bias:
-            if not 0 <= token < self._n_vocab:
-                raise InvalidRequestError(f"logit_bias names token {token}, outside this "
-                                          f"model's vocabulary (0..{self._n_vocab - 1}).",
-                                          param="logit_bias")
+    def _queue(self, request: GenerationRequest) -> RequestStream:
         grammar = self._grammar_for(request)
         stream = RequestStream(request.request_id, self.abort)
         if not self._pending.put(request.client, (request, stream, grammar)):
@@ -322,14 +276,7 @@ class LlamaCppEngine(InferenceEngine):
         return stream
 
     def embed(self, inputs: list[list[int]], timeout: float) -> list[list[float]]:
-        if self._state != "ready":
-            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
-        for tokens in inputs:
-            if not tokens:
-                raise InvalidRequestError("An input is empty.", param="input")
-            self._check_tokens(tokens, "input")
-            if len(tokens) > self._n_ctx_seq:
-                raise ContextLengthExceededError(self._n_ctx_seq, len(tokens), param="input")
+        self.check_embedding_inputs(inputs)
         job = _EmbedJob(inputs, CrossThreadQueue())
         self._embed_jobs.append(job)
         self._wakeup.notify()
@@ -351,7 +298,7 @@ class LlamaCppEngine(InferenceEngine):
         self._wakeup.notify()
 
     # the scheduler (native thread) ----------------------------------------------
-    def _run(self) -> None:
+    def _serve(self) -> None:
         try:
             while not self._stopping:
                 self._apply_aborts()
@@ -362,16 +309,10 @@ class LlamaCppEngine(InferenceEngine):
                         self._wakeup.wait(0.5)
                     continue
                 self._step()
-        except Exception as exc:  # a bug must end requests, not hang them
-            logger.exception("Scheduler of {} failed", self.model_id)
-            self._fail_all(EngineError(f"The engine failed: {exc}"))
-            self._state = "failed"
         finally:
-            self._fail_all(ServiceUnavailableError(f"Model '{self.model_id}' was unloaded."))
             if self._embedder is not None:
                 self._embedder.close()
                 self._embedder = None
-            self._exited.release()
 
     def _run_embedding_job(self) -> None:
         """One embedding request, between two decode steps."""
@@ -382,8 +323,7 @@ class LlamaCppEngine(InferenceEngine):
             return
         try:
             if self._embedder is None:
-                self._embedder = LlamaCppEmbedder(self._model, self._n_ctx_seq,
-                                                  self.options.threads or _physical_cores())
+                self._embedder = LlamaCppEmbedder(self._model, self._context_length, self._threads)
             job.done.put([self._embedder.embed(tokens).tolist() for tokens in job.inputs])
         except ServiceError as exc:
             job.done.put(exc)
@@ -400,13 +340,13 @@ class LlamaCppEngine(InferenceEngine):
             scoring = request.prompt_logprobs is not None
             # a scored prompt is decoded whole: cached KV has no logits to read
             slot, reuse = self._take_slot(prompt, reuse_cache=not scoring)
-            limit = self._n_ctx_seq - len(prompt)
+            limit = self._context_length - len(prompt)
             self._active[request.request_id] = _Sequence(
                 request=request, stream=stream, slot=slot,
                 max_tokens=limit if request.max_tokens is None else min(request.max_tokens, limit),
                 prompt_left=list(prompt[reuse:]), n_past=reuse, cached_tokens=reuse,
                 text=IncrementalText(request.stop),
-                sampler=_Sampler(request.sampling, self._vocab, self._n_vocab, self._n_ctx_seq,
+                sampler=_Sampler(request.sampling, self._vocab, self._vocab_size, self._context_length,
                                  grammar),
                 prompt_entries=[first_entry(self._piece, prompt[0])] if scoring else None)
 
@@ -503,8 +443,7 @@ class LlamaCppEngine(InferenceEngine):
                     logprobs = self._logprobs(seq.logits_index, token, seq.request.logprobs)
                 self._accept(seq, token, logprobs)
                 produced += 1
-        self._tokens_generated += produced
-        self._recent.append((time.monotonic(), produced))
+        self._count_tokens(produced)
 
     def _accept(self, seq: _Sequence, token: int, logprobs: Optional[dict[str, Any]]) -> None:
         seq.generated.append(token)
@@ -544,10 +483,6 @@ class LlamaCppEngine(InferenceEngine):
             stream.push(GenerationDelta(error=error))
 
     # helpers -------------------------------------------------------------
-    def _check_tokens(self, tokens: list[int], param: str) -> None:
-        # llama.cpp reads out of bounds (or fails the whole batch) on a bad id
-        check_token_ids(tokens, self._n_vocab, param)
-
     def _grammar_for(self, request: GenerationRequest) -> Optional[bytes]:
         """The GBNF that constrains this request, checked now so that a bad one is a 400."""
         grammar = request.grammar
@@ -572,7 +507,7 @@ class LlamaCppEngine(InferenceEngine):
     def _logprobs(self, logits_index: int, token: int, top: int) -> dict[str, Any]:
         """The model's log-probability of `token`, and of the `top` likeliest tokens."""
         row = np.ctypeslib.as_array(_lib.llama_get_logits_ith(self._ctx, logits_index),
-                                    shape=(self._n_vocab,))
+                                    shape=(self._vocab_size,))
         return logprob_entry(self._piece, log_softmax(row), token, top)
 
     def _piece(self, token: int) -> bytes:
@@ -604,13 +539,6 @@ class LlamaCppEngine(InferenceEngine):
             logger.warning("Model {} has an unusable chat template: {}", self.model_id, exc)
             return None
 
-    def _recent_rate(self) -> float:
-        if len(self._recent) < 2:
-            return 0.0
-        span = self._recent[-1][0] - self._recent[0][0]
-        tokens = sum(n for _, n in itertools.islice(self._recent, 1, None))
-        return round(tokens / span, 2) if span > 0 else 0.0
-
 
 class _Sampler:
     """One request's llama.cpp sampler chain: it reads the logits where
@@ -622,7 +550,7 @@ class _Sampler:
 
     def __init__(self, params: SamplingParams, vocab, n_vocab: int, window: int,
                  grammar: Optional[bytes] = None):
-        self._n_vocab = n_vocab
+        self._vocab_size = n_vocab
         penalised = bool(params.repetition_penalty != 1.0 or params.frequency_penalty
                          or params.presence_penalty)
         self._argmax = (params.greedy and not params.logit_bias and not penalised
@@ -657,7 +585,7 @@ class _Sampler:
     def sample(self, ctx, logits_index: int) -> int:
         if self._argmax:
             row = _lib.llama_get_logits_ith(ctx, logits_index)
-            return int(np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
+            return int(np.ctypeslib.as_array(row, shape=(self._vocab_size,)).argmax())
         return _lib.llama_sampler_sample(self._chain, ctx, logits_index)
 
     def close(self) -> None:

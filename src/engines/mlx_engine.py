@@ -2,63 +2,86 @@
 through mlx-lm.
 
 MLX arrays belong to the thread that made them, so one native thread per
-model loads the weights and does all the MLX work: it takes requests one at
-a time and streams each with `mlx_lm.stream_generate`, sampling with
-`make_sampler` and `make_logits_processors`. Models load from a local folder
-(config.json, safetensors, tokenizer files); never from a hub.
+model loads the weights and does all the MLX work. It batches continuously
+with mlx-lm's `BatchGenerator`: every running request is one row of each
+decode step, new prompts are prefilled in chunks between steps, and each row
+has its own sampler and logits processors. The engine itself decides when a
+request ends (end token, stop string, max_tokens, abort) and takes it out of
+the batch at once. Finished requests leave their KV cache in an LRU keyed by
+tokens, so the next request that starts the same way skips that prefix.
+
+A model whose caches cannot be batched (mlx-lm has no `merge` for them) is
+served one request at a time with `generate_step`, through the same code.
+Models load from a local folder (config.json, safetensors, tokenizer files);
+never from a hub.
 """
 from __future__ import annotations
 
+import itertools
 import json
-import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
-from loguru import logger
 
-from ..core.concurrency import NativeWakeup, allocate_native_lock, start_native_thread
-from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
-                               ServiceUnavailableError)
+from ..core.concurrency import NativeWakeup
+from ..core.exceptions import EngineError, InvalidRequestError, ModelLoadError
 from ..core.fair_queue import FairQueue, queue_full
-from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
-                                     InferenceEngine, RequestStream, Usage)
+from ..core.inference_engine import (GenerationDelta, GenerationRequest, InferenceEngine,
+                                     RequestStream, SamplingParams, Usage)
 from ..core.text_stream import StopMatcher
 from .chat_template import ChatTemplate
 from .hf_text import HFText
 from .logprobs import first_entry, log_softmax, logprob_entry
 
 PROMPT_SCORE_CHUNK = 512  # prompt tokens per forward pass when a prompt is scored
+PROMPT_CACHES = 10  # finished requests' KV caches kept for reuse, least recently used out
+_CACHE_KEY = "model"  # the LRU serves one model
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One running request: a row of the batch (or the one running request)."""
+
+    uid: int
+    request: GenerationRequest
+    stream: RequestStream
+    max_tokens: int
+    detokenizer: Any  # mlx-lm's streaming detokenizer, one per request
+    stops: StopMatcher
+    cached: int  # prompt tokens whose KV came from the prompt cache
+    prompt_entries: Optional[list[dict[str, Any]]] = None  # handed out with the first delta
+    steps: Optional[Iterator[tuple[int, Any]]] = None  # one at a time: generate_step's tokens
+    generated: int = 0
+
+    def take_prompt_entries(self) -> Optional[list[dict[str, Any]]]:
+        entries, self.prompt_entries = self.prompt_entries, None
+        return entries
 
 
 class MLXEngine(HFText, InferenceEngine):
     name = "mlx"
+    library = "MLX"
 
     def __init__(self, model_id: str, options=None):
         super().__init__(model_id, options)
-        self._state = "unloaded"
-        self._path = ""
+        self._model: Any = None
         self._tokenizer: Any = None
         self._template: Optional[ChatTemplate] = None
-        self._context_length = 0
-        self._vocab_size = 0
+        self._eos: frozenset[int] = frozenset()
         self._guidance: Any = None  # llguidance's view of the tokenizer, made once
-        # the KV cache of the last request and the tokens it holds: the next
-        # request that starts with the same tokens skips them
-        self._cache: Optional[list[Any]] = None
-        self._cache_tokens: list[int] = []
+        self._batchable = True
+        self._generator: Any = None  # the BatchGenerator, made in the worker thread
+        self._prompt_caches: Any = None  # mlx-lm's LRUPromptCache
+        self._stream: Any = None  # the worker thread's MLX stream
         self._pending: FairQueue[tuple[GenerationRequest, RequestStream]] = \
             FairQueue(self.options.max_waiting)
-        self._aborted: set[str] = set()
-        self._running: Optional[str] = None
+        self._aborts: deque[str] = deque()
+        self._active: dict[int, _Sequence] = {}
+        self._uids = itertools.count()  # one at a time: the generator gives none
         self._wakeup = NativeWakeup()
-        self._loaded = allocate_native_lock()
-        self._exited = allocate_native_lock()
-        self._load_error: Optional[str] = None
-        self._stopping = False
-        self._loaded_at: Optional[float] = None
-        self._tokens_generated = 0
-        self._recent_tps = 0.0
 
     # lifecycle -----------------------------------------------------------
     @classmethod
@@ -69,47 +92,50 @@ class MLXEngine(HFText, InferenceEngine):
             raise ModelLoadError(f"{path.name} is not an MLX model folder (config.json and "
                                  f"*.safetensors); the MLX engine loads model folders.")
 
-    def load(self, model_path: str) -> None:
-        self.check_model(model_path)
-        self._state, self._path = "loading", str(Path(model_path).resolve())
-        self._loaded.acquire()
-        self._exited.acquire()
-        start_native_thread(self._run)
-        self._loaded.acquire()  # the thread has loaded the weights, or failed
-        self._loaded.release()
-        if self._load_error is not None:
-            self._state = "failed"
-            raise ModelLoadError(f"MLX could not load {Path(model_path).name}: "
-                                 f"{self._load_error}")
-        self._loaded_at = time.time()
-        self._state = "ready"
-        logger.info("Loaded {} with MLX: {} tokens of context, chat template: {}",
-                    self.model_id, self._context_length, "yes" if self._template else "no")
+    def _open(self) -> None:
+        import mlx.core as mx
+        from mlx_lm import load  # imported here: MLX state is per thread
+        from mlx_lm.models.cache import make_prompt_cache
 
-    def unload(self) -> None:
-        if self._state in ("unloaded", "failed"):
-            return
-        self._state = "unloading"
-        self._stopping = True
+        if mx.default_device() == mx.cpu:
+            # MLX's CPU backend compiles fused kernels by running g++ through popen();
+            # the gevent worker reaps its children on SIGCHLD, so pclose() may find the
+            # compiler gone and the generation fails ("pclose() failed", seen in the
+            # suite). Uncompiled graphs give the same results; Metal is unaffected.
+            mx.disable_compile()
+        self.report_progress(0.05, "reading weights")
+        self._model, tokenizer = load(self.path)
+        self.report_progress(0.9, "preparing the tokenizer")
+        self._tokenizer = tokenizer
+        self._eos = frozenset(tokenizer.eos_token_ids)
+        self._vocab_size = len(tokenizer.get_vocab())
+        self._context_length = self._model_context(self._model)
+        self._template = self._template_from(tokenizer, self.options)
+        self._batchable = all(hasattr(c, "merge") for c in make_prompt_cache(self._model))
+        if not self._batchable:
+            self.parallel_sequences = 1
+
+    def _load_summary(self) -> str:
+        batching = "continuous batching" if self._batchable else \
+            "one request at a time (its caches cannot be batched)"
+        return f"{batching}, chat template: {'yes' if self._template else 'no'}"
+
+    def _wake(self) -> None:
         self._wakeup.notify()
-        self._exited.acquire()
-        self._exited.release()
-        self._tokenizer = None
-        self._state = "unloaded"
 
-    def status(self) -> EngineStatus:
-        return EngineStatus(
-            model_id=self.model_id, engine=self.name, path=self._path, state=self._state,
-            context_length=self._context_length, parallel_sequences=1,
-            requests_running=1 if self._running else 0, requests_waiting=len(self._pending),
-            tokens_generated=self._tokens_generated, tokens_per_second=self._recent_tps,
-            loaded_at=self._loaded_at)
+    def _queue_lengths(self) -> tuple[int, int]:
+        return len(self._active), len(self._pending)
+
+    def _model_context(self, model: Any) -> int:
+        args = getattr(model, "args", None)
+        trained = getattr(args, "max_position_embeddings", None) or 4096
+        wanted = self.options.context_size or trained
+        return min(wanted, trained)
 
     # generation ------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> RequestStream:
-        self._check_request(request)
+    def _queue(self, request: GenerationRequest) -> RequestStream:
         if request.json_schema is not None:
-            self._schema_grammar(request.json_schema)
+            self._schema_grammar(request.json_schema)  # one it cannot enforce is a 400 now
         stream = RequestStream(request.request_id, self.abort)
         if not self._pending.put(request.client, (request, stream)):
             raise queue_full(self.model_id, len(self._pending))
@@ -119,82 +145,263 @@ class MLXEngine(HFText, InferenceEngine):
     def abort(self, request_id: str) -> None:
         if self._pending.remove(lambda waiting: waiting[0].request_id == request_id):
             return  # it never started
-        self._aborted.add(request_id)
+        self._aborts.append(request_id)
         self._wakeup.notify()
 
     # the model's thread ------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            import mlx.core as mx
-            from mlx_lm import load  # imported here: MLX state is per thread
+    def _serve(self) -> None:
+        import mlx.core as mx
+        from mlx_lm.models.cache import LRUPromptCache
 
-            if mx.default_device() == mx.cpu:
-                # MLX's CPU backend compiles fused kernels by running g++ through popen();
-                # the gevent worker reaps its children on SIGCHLD, so pclose() may find the
-                # compiler gone and the generation fails ("pclose() failed", seen in the
-                # suite). Uncompiled graphs give the same results; Metal is unaffected.
-                mx.disable_compile()
-            self.report_progress(0.05, "reading weights")
-            model, tokenizer = load(self._path)
-            self.report_progress(0.9, "preparing the tokenizer")
-            self._tokenizer = tokenizer
-            self._vocab_size = len(tokenizer.get_vocab())
-            self._context_length = self._model_context(model)
-            self._template = self._template_from(tokenizer, self.options)
-        except Exception as exc:  # a bad folder must fail the load, not the worker
-            self._load_error = str(exc)
-            self._loaded.release()
-            self._exited.release()
-            return
-        self._loaded.release()
+        self._stream = mx.default_stream(mx.default_device())
+        self._prompt_caches = LRUPromptCache(PROMPT_CACHES)
+        self._generator = self._new_generator()
         try:
             while not self._stopping:
-                waiting = self._pending.get()
-                if waiting is None:
+                self._apply_aborts()
+                self._admit()
+                if not self._active:
                     self._wakeup.wait(0.5)
                     continue
-                request, stream = waiting
-                if stream.finished or request.request_id in self._aborted:
-                    self._aborted.discard(request.request_id)
-                    continue
-                self._generate(model, tokenizer, request, stream)
+                try:
+                    self._step()
+                except Exception as exc:  # an MLX failure ends the batch, not the thread
+                    self._fail_running(EngineError(f"MLX generation failed: {exc}"))
         finally:
-            error = ServiceUnavailableError(f"Model '{self.model_id}' was unloaded.")
-            for _, stream in self._pending.drain():
-                stream.push(GenerationDelta(error=error))
-            del model
-            import mlx.core as mx
-
+            if self._generator is not None:
+                self._generator.close()
+            self._generator = self._prompt_caches = None
+            self._model = None
             mx.clear_cache()
-            self._exited.release()
 
-    def _reuse_cache(self, model: Any, prompt: list[int]) -> int:
-        """Trim the cache to the prefix it shares with `prompt`; how many tokens that is."""
+    def _new_generator(self) -> Any:
+        if not self._batchable:
+            return None
+        from mlx_lm.generate import BatchGenerator
+
+        n = self.parallel_sequences
+        # no stop tokens: the engine ends each request itself
+        return BatchGenerator(self._model, completion_batch_size=n, prefill_batch_size=n,
+                              prefill_step_size=self.options.batch_tokens, stream=self._stream)
+
+    def _fail_running(self, error: EngineError) -> None:
+        from loguru import logger
+
+        logger.opt(exception=True).error("MLX generation failed for {}", self.model_id)
+        for seq in list(self._active.values()):
+            seq.stream.push(GenerationDelta(error=error))
+        self._active.clear()
+        if self._generator is not None:  # its batch is in an unknown state: start afresh
+            self._generator.close()
+            self._generator = self._new_generator()
+
+    def _fail_all(self, error) -> None:
+        for seq in list(self._active.values()):
+            seq.stream.push(GenerationDelta(error=error))
+        self._active.clear()
+        for _, stream in self._pending.drain():
+            stream.push(GenerationDelta(error=error))
+
+    def _apply_aborts(self) -> None:
+        while self._aborts:
+            request_id = self._aborts.popleft()
+            seq = next((s for s in self._active.values()
+                        if s.request.request_id == request_id), None)
+            if seq is not None:
+                self._end([seq], keep_cache=False)
+
+    def _admit(self) -> None:
+        while len(self._active) < self.parallel_sequences:
+            waiting = self._pending.get()
+            if waiting is None:
+                return
+            request, stream = waiting
+            if not stream.finished:
+                self._start(request, stream)
+
+    def _start(self, request: GenerationRequest, stream: RequestStream) -> None:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.models.cache import make_prompt_cache
+
+        prompt = request.prompt_tokens
+        max_tokens = (self._context_length - len(prompt) if request.max_tokens is None
+                      else request.max_tokens)
+        entries = (None if request.prompt_logprobs is None else
+                   self._prompt_logprobs(prompt, request.prompt_logprobs))
+        if max_tokens == 0:  # the prompt was only to be scored
+            stream.push(GenerationDelta(finish_reason="length", usage=Usage(len(prompt), 0, 0),
+                                        prompt_logprobs=entries))
+            return
+        sampler, processors = self._sampler(request.sampling), self._processors(request)
+        if self._generator is not None:
+            cache, cached = self._cached_prefix(prompt)
+            (uid,) = self._generator.insert(
+                [prompt[cached:]], max_tokens=[max_tokens], caches=[cache],
+                all_tokens=[list(prompt[:cached])], samplers=[sampler],
+                logits_processors=[processors])
+            steps = None
+        else:
+            uid, cached = next(self._uids), 0
+            steps = generate_step(mx.array(prompt), self._model, self._stream,
+                                  max_tokens=max_tokens, sampler=sampler,
+                                  logits_processors=processors,
+                                  prompt_cache=make_prompt_cache(self._model),
+                                  prefill_step_size=self.options.batch_tokens)
+        self._active[uid] = _Sequence(
+            uid=uid, request=request, stream=stream, max_tokens=max_tokens,
+            detokenizer=self._tokenizer.detokenizer, stops=StopMatcher(request.stop),
+            cached=cached, prompt_entries=entries, steps=steps)
+
+    def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any], int]:
+        """A KV cache that holds the longest prefix of `prompt` any earlier
+        request left (a copy), and that prefix's length; the last prompt
+        token is always fed again: its logits start the output."""
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, \
             trim_prompt_cache
 
-        shared = 0
-        for a, b in zip(self._cache_tokens, prompt):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(prompt) - 1)  # the last prompt token starts the output
-        if self._cache is not None and shared and can_trim_prompt_cache(self._cache):
-            trim_prompt_cache(self._cache, len(self._cache_tokens) - shared)
-            return shared
-        self._cache, self._cache_tokens = make_prompt_cache(model), []
-        return 0
+        cache, rest = self._prompt_caches.fetch_nearest_cache(_CACHE_KEY, prompt)
+        cached = len(prompt) - len(rest)
+        if cache is not None and not rest:
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, 1)
+                cached -= 1
+            else:
+                cache = None
+        if cache is None:
+            return make_prompt_cache(self._model), 0
+        return cache, cached
 
-    def _schema_processor(self, tokenizer: Any, schema: dict[str, Any]) -> Any:
+    def _step(self) -> None:
+        if self._generator is None:
+            for seq in list(self._active.values()):
+                token, logprobs = next(seq.steps)  # type: ignore[arg-type]
+                if self._accept(seq, int(token), logprobs):
+                    del self._active[seq.uid]
+            return
+        _, responses = self._generator.next()  # prompts advance a chunk, each row a token
+        ended = []
+        for response in responses:
+            seq = self._active.get(response.uid)
+            if seq is None or not self._accept(seq, response.token, response.logprobs):
+                continue
+            if response.finish_reason is not None:  # max_tokens: the generator let it go
+                del self._active[seq.uid]
+                self._keep_cache(response.prompt_cache, response.all_tokens)
+            else:
+                ended.append(seq)
+        self._end(ended)
+
+    def _accept(self, seq: _Sequence, token: int, logprobs: Any) -> bool:
+        """One new token of `seq`: its text to the client; True when it ended."""
+        seq.generated += 1
+        self._count_tokens(1)
+        request = seq.request
+        entries = None
+        if request.logprobs is not None:
+            import mlx.core as mx
+
+            row = np.array(logprobs.astype(mx.float32)).reshape(-1)
+            entries = [logprob_entry(self._piece, row, token, request.logprobs)]
+        finish = None
+        if token in self._eos and not request.ignore_eos:
+            finish, text = "stop", self._rest_of_text(seq)
+        else:
+            seq.detokenizer.add_token(token)
+            text, stopped = seq.stops.feed(seq.detokenizer.last_segment)
+            if stopped:
+                finish = "stop"
+            elif seq.generated >= seq.max_tokens:
+                text += self._rest_of_text(seq)
+                finish = "stop" if seq.stops.matched else "length"
+        first = seq.take_prompt_entries()
+        if finish is None:
+            seq.stream.push(GenerationDelta(text=text, token_count=1, logprobs=entries,
+                                            prompt_logprobs=first))
+            return False
+        seq.stream.push(GenerationDelta(
+            text=text, token_count=1, finish_reason=finish, logprobs=entries,
+            usage=Usage(len(request.prompt_tokens), seq.generated, seq.cached),
+            stop_sequence=seq.stops.matched, prompt_logprobs=first))
+        return True
+
+    @staticmethod
+    def _rest_of_text(seq: _Sequence) -> str:
+        """What the detokenizer and the stop matcher still hold, at the end."""
+        seq.detokenizer.finalize()
+        text, stopped = seq.stops.feed(seq.detokenizer.last_segment)
+        return text if stopped else text + seq.stops.flush()
+
+    def _end(self, ended: list[_Sequence], keep_cache: bool = True) -> None:
+        """Take sequences out of the batch now; their KV caches go to the LRU."""
+        for seq in ended:
+            del self._active[seq.uid]
+        if self._generator is None or not ended:
+            return
+        caches = self._generator.remove([seq.uid for seq in ended],
+                                        return_prompt_caches=keep_cache)
+        for cache, tokens in caches.values():
+            self._keep_cache(cache, tokens)
+
+    def _keep_cache(self, cache: Optional[list[Any]], tokens: Optional[list[int]]) -> None:
+        if cache and tokens:
+            self._prompt_caches.insert_cache(_CACHE_KEY, list(tokens), cache)
+
+    # sampling ----------------------------------------------------------------
+    @staticmethod
+    def _sampler(s: SamplingParams) -> Optional[Callable[[Any], Any]]:
+        """The request's own sampler: None (the batch's shared argmax) when
+        greedy. A seed gives the request its own random key, so what it draws
+        does not depend on the requests it shares the batch with."""
+        if s.greedy:
+            return None
+        import mlx.core as mx
+        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+        filters: list[Callable[[Any], Any]] = []
+        if 0.0 < s.top_p < 1.0:
+            filters.append(lambda x: apply_top_p(x, s.top_p))
+        if s.min_p > 0.0:
+            filters.append(lambda x: apply_min_p(x, s.min_p))
+        if s.top_k > 0:
+            filters.append(lambda x: apply_top_k(x, s.top_k) if s.top_k < x.shape[-1] else x)
+        key = [None if s.seed is None else mx.random.key(s.seed & 0xFFFFFFFFFFFFFFFF)]
+
+        def sample(logprobs: Any) -> Any:
+            for keep in filters:
+                logprobs = keep(logprobs)
+            scaled = logprobs * (1.0 / s.temperature)
+            if key[0] is None:
+                return mx.random.categorical(scaled)
+            key[0], draw = mx.random.split(key[0])
+            return mx.random.categorical(scaled, key=draw)
+
+        return sample
+
+    def _processors(self, request: GenerationRequest) -> list[Callable[[Any, Any], Any]]:
+        from mlx_lm.sample_utils import make_logits_processors
+
+        s = request.sampling
+        processors = ([self._schema_processor(request.json_schema)]
+                      if request.json_schema is not None else [])
+        if request.ignore_eos:
+            processors.append(self._ban_tokens(self._eos))
+        return processors + make_logits_processors(
+            logit_bias=s.logit_bias or None,
+            repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
+            presence_penalty=s.presence_penalty or None,
+            frequency_penalty=s.frequency_penalty or None)
+
+    def _schema_processor(self, schema: dict[str, Any]) -> Any:
         """A logits processor that lets through only the tokens that keep the
         output valid JSON for `schema` (llguidance's matcher; compact JSON)."""
         import mlx.core as mx
         import llguidance
         import llguidance.numpy as lnp
 
-        matcher = llguidance.LLMatcher(self._guidance_tokenizer(tokenizer),
-                                       self._schema_grammar(schema))
-        vocab = self._guidance_tokenizer(tokenizer).vocab_size
+        guidance = self._guidance_tokenizer()
+        matcher = llguidance.LLMatcher(guidance, self._schema_grammar(schema))
+        vocab = guidance.vocab_size
         bitmask = lnp.allocate_token_bitmask(1, vocab)
         seen: list[int] = []  # how many tokens the processor was first called with
 
@@ -213,7 +420,7 @@ class MLXEngine(HFText, InferenceEngine):
         return process
 
     @staticmethod
-    def _ban_tokens(token_ids: Any) -> Any:
+    def _ban_tokens(token_ids: frozenset[int]) -> Any:
         """A logits processor that never lets `token_ids` be sampled
         (`ignore_eos`: the end tokens are banned, as llama.cpp's server does)."""
         import mlx.core as mx
@@ -226,11 +433,11 @@ class MLXEngine(HFText, InferenceEngine):
 
         return process
 
-    def _guidance_tokenizer(self, tokenizer: Any) -> Any:
+    def _guidance_tokenizer(self) -> Any:
         if self._guidance is None:
             import llguidance.hf
 
-            self._guidance = llguidance.hf.from_tokenizer(tokenizer._tokenizer)
+            self._guidance = llguidance.hf.from_tokenizer(self._tokenizer._tokenizer)
         return self._guidance
 
     @staticmethod
@@ -244,112 +451,25 @@ class MLXEngine(HFText, InferenceEngine):
             raise InvalidRequestError(f"This JSON schema cannot be enforced: {exc}",
                                       param="response_format") from None
 
-    @staticmethod
-    def _piece(tokenizer: Any) -> Callable[[int], bytes]:
-        return lambda token: tokenizer.decode([token]).encode("utf-8")
+    # logprobs ----------------------------------------------------------------
+    def _piece(self, token: int) -> bytes:
+        return self._tokenizer.decode([token]).encode("utf-8")
 
-    def _prompt_logprobs(self, model: Any, tokenizer: Any, prompt: list[int],
-                         top: int) -> list[dict[str, Any]]:
+    def _prompt_logprobs(self, prompt: list[int], top: int) -> list[dict[str, Any]]:
         """Each prompt token's log-probability given the tokens before it: a
         pass of its own over the prompt (a fresh cache, in chunks), so the
-        prompt cache and the generation that follows are untouched."""
+        prompt caches and the generation that follows are untouched."""
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
-        piece = self._piece(tokenizer)
-        entries = [first_entry(piece, prompt[0])]
-        cache = make_prompt_cache(model)
+        entries = [first_entry(self._piece, prompt[0])]
+        cache = make_prompt_cache(self._model)
         for start in range(0, len(prompt) - 1, PROMPT_SCORE_CHUNK):
             chunk = prompt[start:start + PROMPT_SCORE_CHUNK]
-            logits = model(mx.array(chunk)[None], cache=cache)[0].astype(mx.float32)
-            rows = np.array(logits)
-            for i, row in enumerate(rows):
+            logits = self._model(mx.array(chunk)[None], cache=cache)[0].astype(mx.float32)
+            for i, row in enumerate(np.array(logits)):
                 target = start + i + 1
                 if target < len(prompt):
-                    entries.append(logprob_entry(piece, log_softmax(row), prompt[target], top))
+                    entries.append(logprob_entry(self._piece, log_softmax(row), prompt[target],
+                                                 top))
         return entries
-
-    def _model_context(self, model: Any) -> int:
-        args = getattr(model, "args", None)
-        trained = getattr(args, "max_position_embeddings", None) or 4096
-        wanted = self.options.context_size or trained
-        return min(wanted, trained)
-
-    def _generate(self, model: Any, tokenizer: Any, request: GenerationRequest,
-                  stream: RequestStream) -> None:
-        import mlx.core as mx
-        from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
-
-        s = request.sampling
-        if s.seed is not None:
-            mx.random.seed(s.seed)
-        sampler = make_sampler(temp=0.0 if s.greedy else s.temperature,
-                               top_p=s.top_p if s.top_p < 1.0 else 0.0, min_p=s.min_p,
-                               top_k=s.top_k)
-        processors = ([self._schema_processor(tokenizer, request.json_schema)]
-                      if request.json_schema is not None else [])
-        if request.ignore_eos:
-            processors.append(self._ban_tokens(tokenizer.eos_token_ids))
-        processors += make_logits_processors(
-            logit_bias=s.logit_bias or None,
-            repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
-            presence_penalty=s.presence_penalty or None,
-            frequency_penalty=s.frequency_penalty or None)
-        stops = StopMatcher(request.stop)
-        max_tokens = (self._context_length - len(request.prompt_tokens)
-                      if request.max_tokens is None else request.max_tokens)
-        prompt = request.prompt_tokens
-        prompt_entries = (None if request.prompt_logprobs is None else
-                          self._prompt_logprobs(model, tokenizer, prompt, request.prompt_logprobs))
-        if max_tokens == 0:  # the prompt was only to be scored
-            stream.push(GenerationDelta(finish_reason="length", usage=Usage(len(prompt), 0, 0),
-                                        prompt_logprobs=prompt_entries))
-            return
-        reuse = self._reuse_cache(model, prompt)
-        self._running = request.request_id
-        generated, finish, started = 0, None, time.monotonic()
-        produced: list[int] = []
-        try:
-            for out in stream_generate(model, tokenizer, prompt=prompt[reuse:],
-                                       max_tokens=max_tokens, sampler=sampler,
-                                       logits_processors=processors,
-                                       prompt_cache=self._cache):
-                produced.append(out.token)
-                if request.request_id in self._aborted or self._stopping:
-                    break
-                generated += 1
-                logprobs = (None if request.logprobs is None else [logprob_entry(
-                    self._piece(tokenizer), np.array(out.logprobs, dtype=np.float32).reshape(-1),
-                    out.token, request.logprobs)])
-                text, stopped = stops.feed(out.text)
-                if stopped:
-                    finish = "stop"
-                elif out.finish_reason:
-                    finish, text = out.finish_reason, text + stops.flush()
-                first, prompt_entries = prompt_entries, None  # handed out once
-                if finish:
-                    stream.push(GenerationDelta(
-                        text=text, token_count=1, finish_reason=finish, logprobs=logprobs,
-                        usage=Usage(len(prompt), generated, reuse), stop_sequence=stops.matched,
-                        prompt_logprobs=first))
-                    break
-                stream.push(GenerationDelta(text=text, token_count=1, logprobs=logprobs,
-                                            prompt_logprobs=first))
-            else:  # the generator ended without saying why
-                if request.request_id not in self._aborted:
-                    stream.push(GenerationDelta(
-                        text=stops.flush(), finish_reason="length" if generated >= max_tokens
-                        else "stop", usage=Usage(len(prompt), generated, reuse),
-                        prompt_logprobs=prompt_entries))
-        except Exception as exc:  # an MLX failure ends this request, not the thread
-            logger.exception("MLX generation failed for {}", self.model_id)
-            stream.push(GenerationDelta(error=EngineError(f"MLX generation failed: {exc}")))
-        finally:
-            # the cache holds what was fed through the model: its offset says how much
-            self._cache_tokens = (prompt + produced)[:self._cache[0].offset]
-            self._aborted.discard(request.request_id)
-            self._running = None
-            self._tokens_generated += generated
-            elapsed = time.monotonic() - started
-            self._recent_tps = round(generated / elapsed, 2) if elapsed > 0 else 0.0

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import selectors
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -30,11 +29,11 @@ from vllm.model_executor.models.registry import ModelRegistry
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from ..core.concurrency import HubRunner, allocate_native_lock, start_native_thread
+from ..core.concurrency import HubRunner, allocate_native_lock
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
                                ServiceUnavailableError)
 from ..core.fair_queue import admits, queue_full
-from ..core.inference_engine import (EngineStatus, GenerationDelta, GenerationRequest,
+from ..core.inference_engine import (GenerationDelta, GenerationRequest,
                                      InferenceEngine, RequestStream, Usage)
 from .chat_template import ChatTemplate
 from .hf_text import HFText
@@ -56,27 +55,19 @@ def _inspect_architectures(architectures: list[str]) -> None:
 
 class VLLMEngine(HFText, InferenceEngine):
     name = "vllm"
+    library = "vLLM"
 
     def __init__(self, model_id: str, options=None):
         super().__init__(model_id, options)
-        self._state = "unloaded"
-        self._path = ""
         self._llm: Any = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._tokenizer: Any = None
         self._template: Optional[ChatTemplate] = None
-        self._context_length = 0
-        self._vocab_size = 0
         self._running: dict[str, RequestStream] = {}
         self._waiting = 0
         self._in_flight: Counter[str] = Counter()  # per client: fairness between clients
         self._in_flight_lock = allocate_native_lock()  # the hub adds, vLLM's loop removes
-        self._loaded = allocate_native_lock()
-        self._exited = allocate_native_lock()
-        self._load_error: Optional[str] = None
         self._stop: Optional[asyncio.Event] = None
-        self._loaded_at: Optional[float] = None
-        self._tokens_generated = 0
 
     # lifecycle -----------------------------------------------------------
     @classmethod
@@ -92,48 +83,18 @@ class VLLMEngine(HFText, InferenceEngine):
         architectures = config.get("architectures") if isinstance(config, dict) else None
         _in_hub(lambda: _inspect_architectures(architectures or []))
 
-    def load(self, model_path: str) -> None:
-        self.check_model(model_path)
-        self._state, self._path = "loading", str(Path(model_path).resolve())
-        # the EngineCore process must start from a fresh interpreter, not a fork of this one
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        self._loaded.acquire()
-        self._exited.acquire()
-        start_native_thread(self._run)
-        self._loaded.acquire()
-        self._loaded.release()
-        if self._load_error is not None:
-            self._state = "failed"
-            raise ModelLoadError(f"vLLM could not load {Path(model_path).name}: "
-                                 f"{self._load_error}")
-        self._loaded_at = time.time()
-        self._state = "ready"
-        logger.info("Loaded {} with vLLM: {} tokens of context, {} sequences", self.model_id,
-                    self._context_length, self.options.parallel_sequences)
+    def _wake(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
 
-    def unload(self) -> None:
-        if self._state in ("unloaded", "failed") or self._loop is None:
-            return
-        self._state = "unloading"
-        self._loop.call_soon_threadsafe(self._stop.set)  # type: ignore[union-attr]
-        self._exited.acquire()
-        self._exited.release()
-        self._state = "unloaded"
-
-    def status(self) -> EngineStatus:
-        return EngineStatus(
-            model_id=self.model_id, engine=self.name, path=self._path, state=self._state,
-            context_length=self._context_length,
-            parallel_sequences=self.options.parallel_sequences,
-            requests_running=len(self._running) - self._waiting,
-            requests_waiting=self._waiting, tokens_generated=self._tokens_generated,
-            loaded_at=self._loaded_at)
+    def _queue_lengths(self) -> tuple[int, int]:
+        return len(self._running) - self._waiting, self._waiting
 
     # generation ------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> RequestStream:
-        self._check_request(request)
+    def _queue(self, request: GenerationRequest) -> RequestStream:
         if self._loop is None:
-            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self._state}.")
+            raise ServiceUnavailableError(f"Model '{self.model_id}' is {self.state}.")
         mine = self._in_flight[request.client]
         if not admits(self._waiting, self.options.max_waiting, mine,
                       len(self._in_flight) + (0 if mine else 1)):
@@ -173,53 +134,62 @@ class VLLMEngine(HFText, InferenceEngine):
             raise InvalidRequestError(f"vLLM refused the sampling parameters: {exc}") from None
 
     # the model's thread ------------------------------------------------------
-    def _run(self) -> None:
+    def _open(self) -> None:
+        # the EngineCore process must start from a fresh interpreter, not a fork of this one
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         # Under gevent this is gevent's selector: while the loop waits for I/O this
         # thread's own hub runs, and with it the greenlets that vLLM's thread
         # pools (threading is patched) are made of; a plain epoll would starve them.
         loop = asyncio.SelectorEventLoop(selectors.DefaultSelector())
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._serve())
-        finally:
+            loop.run_until_complete(self._start_llm())
+        except BaseException:
             loop.close()
-            self._loop = None
-            self._exited.release()
+            raise
+        self._loop = loop
 
-    async def _serve(self) -> None:
+    async def _start_llm(self) -> None:
+        opts = self.options
+        args = AsyncEngineArgs(
+            model=self.path, tokenizer=self.path,
+            max_model_len=opts.context_size or None, max_num_seqs=opts.parallel_sequences,
+            gpu_memory_utilization=opts.gpu_memory_fraction, enable_prefix_caching=True,
+            dtype=opts.dtype, quantization=opts.quantization,
+            tensor_parallel_size=opts.tensor_parallel_size,
+            pipeline_parallel_size=opts.pipeline_parallel_size,
+            distributed_executor_backend=opts.distributed_executor_backend,
+            disable_log_stats=True, scheduling_policy="priority",
+            # compact JSON under a schema, as the llama.cpp engine's grammar makes:
+            # a model cannot spend its tokens on whitespace
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar",
+                                                              disable_any_whitespace=True))
+        # one call does it all: weights, KV cache profiling, CUDA graphs
+        self.report_progress(0.05, "starting vLLM (weights, KV cache, CUDA graphs)")
         try:
-            opts = self.options
-            args = AsyncEngineArgs(
-                model=self._path, tokenizer=self._path,
-                max_model_len=opts.context_size or None, max_num_seqs=opts.parallel_sequences,
-                gpu_memory_utilization=opts.gpu_memory_fraction, enable_prefix_caching=True,
-                dtype=opts.dtype, quantization=opts.quantization,
-                tensor_parallel_size=opts.tensor_parallel_size,
-                pipeline_parallel_size=opts.pipeline_parallel_size,
-                distributed_executor_backend=opts.distributed_executor_backend,
-                disable_log_stats=True, scheduling_policy="priority",
-                # compact JSON under a schema, as the llama.cpp engine's grammar makes:
-                # a model cannot spend its tokens on whitespace
-                structured_outputs_config=StructuredOutputsConfig(backend="xgrammar",
-                                                          disable_any_whitespace=True))
-            # one call does it all: weights, KV cache profiling, CUDA graphs
-            self.report_progress(0.05, "starting vLLM (weights, KV cache, CUDA graphs)")
             self._llm = AsyncLLM.from_engine_args(args)
             self.report_progress(0.95, "preparing the tokenizer")
             self._tokenizer = self._llm.get_tokenizer()
             self._vocab_size = len(self._tokenizer.get_vocab())
             self._context_length = self._llm.model_config.max_model_len
             self._template = self._template_from(self._tokenizer, opts)
-        except Exception as exc:  # a bad folder must fail the load, not the worker
+        except Exception:
             logger.exception("vLLM could not load {}", self.model_id)
-            self._load_error = str(exc)
             if self._llm is not None:
                 self._llm.shutdown()
-            self._loaded.release()
-            return
-        self._loop = asyncio.get_running_loop()
+                self._llm = None
+            raise
         self._stop = asyncio.Event()
-        self._loaded.release()
+
+    def _serve(self) -> None:
+        loop = self._loop
+        try:
+            loop.run_until_complete(self._serve_until_stopped())
+        finally:
+            loop.close()
+            self._loop = None
+
+    async def _serve_until_stopped(self) -> None:
         await self._stop.wait()
         error = ServiceUnavailableError(f"Model '{self.model_id}' was unloaded.")
         for request_id, stream in list(self._running.items()):
@@ -234,6 +204,12 @@ class VLLMEngine(HFText, InferenceEngine):
             await asyncio.gather(handler, return_exceptions=True)
         self._llm.shutdown()
         self._llm = None
+
+    def _fail_all(self, error) -> None:
+        """The loop has ended every request; one that was submitted as it stopped is ended here."""
+        for stream in list(self._running.values()):
+            stream.push(GenerationDelta(error=error))
+        self._running.clear()
 
     async def _generate(self, request: GenerationRequest, params: Any,
                         stream: RequestStream, priority: int) -> None:
@@ -253,6 +229,7 @@ class VLLMEngine(HFText, InferenceEngine):
                     request.prompt_tokens, out.prompt_logprobs, request.prompt_logprobs))
                 if not score_only:
                     generated += len(choice.token_ids)
+                    self._count_tokens(len(choice.token_ids))
                     delta.text, delta.token_count = choice.text, len(choice.token_ids)
                     delta.logprobs = self._logprobs(choice, request.logprobs)
                 if out.finished:
@@ -276,7 +253,6 @@ class VLLMEngine(HFText, InferenceEngine):
                 self._in_flight[request.client] -= 1
                 if not self._in_flight[request.client]:
                     del self._in_flight[request.client]
-            self._tokens_generated += generated
 
     def _entry(self, token: int, lp: Any) -> dict[str, Any]:
         text = lp.decoded_token or self._tokenizer.decode([token])
