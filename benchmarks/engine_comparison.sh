@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MLX and vLLM engines against their own libraries' servers, side by side on
-# one machine: the same model folder (a random ~37M-parameter Llama written here,
-# nothing downloaded), the same prompts and load, the servers one at a time in
+# one machine: the same model folder (a random ~4M-parameter Llama written here,
+# nothing downloaded; MLX's CPU backend runs a 37M one at ~1 GFLOP/s, too slow to
+# measure at several concurrencies), the same prompts and load, the servers one at a time in
 # alternating rounds (this service, the reference, [the baseline], and again).
 #
 #   ENGINE=mlx  bash benchmarks/engine_comparison.sh results.jsonl   # vs mlx_lm.server
@@ -9,6 +10,7 @@
 #   python benchmarks/summarize.py results.jsonl
 #
 # Optional: LEVELS ("1 4 8"), NUM_PROMPTS (16), ROUNDS (2), PARALLEL (8 sequences),
+# PROMPT_WORDS (30; about 6 tokens a word with this tiny vocabulary),
 # ENDPOINT (completions), BASELINE (a checkout of another commit of this service, run
 # as a third server with the same settings: the engine before a change).
 # The random model never picks its end token at temperature 0 (its row is zero),
@@ -23,20 +25,21 @@ NUM_PROMPTS=${NUM_PROMPTS:-16}
 ROUNDS=${ROUNDS:-2}
 PARALLEL=${PARALLEL:-8}
 ENDPOINT=${ENDPOINT:-completions}
+PROMPT_WORDS=${PROMPT_WORDS:-30}
 CONTEXT=2048
 if [ "$ENGINE" = vllm ]; then PY=$ROOT/.venv-vllm/bin/python; else PY=$ROOT/.venv/bin/python; fi
-MODEL_DIR=${MODEL_DIR:-/tmp/bench-llama-37m}
+MODEL_DIR=${MODEL_DIR:-/tmp/bench-llama-4m}
 [ -f "$MODEL_DIR/config.json" ] || $PY -c "
 import sys; from pathlib import Path; sys.path.insert(0, '$ROOT')
 from tests.tiny_hf_model import write_tiny_hf_model
-write_tiny_hf_model(Path('$MODEL_DIR'), hidden=512, layers=14, heads=8)"
+write_tiny_hf_model(Path('$MODEL_DIR'), hidden=256, layers=6, heads=4)"
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 
 wait_up() { for _ in $(seq 1 600); do curl -sf "$1" >/dev/null && return 0; sleep 0.5; done; return 1; }
 stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; sleep 2; }
 bench() {  # base-url model label
     $ROOT/.venv/bin/python benchmarks/bench_serving.py --base-url "$1" --model "$2" --label "$3" \
-        --endpoint "$ENDPOINT" --num-prompts "$NUM_PROMPTS" --prompt-words 90 --max-tokens 128 \
+        --endpoint "$ENDPOINT" --num-prompts "$NUM_PROMPTS" --prompt-words "$PROMPT_WORDS" --max-tokens 128 \
         --temperature 0 --no-ignore-eos --concurrency $LEVELS --out "$OUT"
 }
 ours() {  # checkout label port

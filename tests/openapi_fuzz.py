@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tests.conftest import ROOT, start_server, stop_server
+from tests.fuzz_hooks import MAX_OUTPUT
 from tests.tiny_model import write_tiny_model
 
 SEED = 20261202
@@ -45,6 +46,9 @@ def main(state: bool) -> int:
     server = start_server(tmp, {
         "DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(models),
         "MAX_CONCURRENT_MODELS": "2", "CONTEXT_SIZE": "2048", "MAX_CONCURRENT_REQUESTS": "1000",
+        # a body that asks for no length gets 32 tokens, not the rest of the context: the
+        # cases test the contract, and a few thousand of them must fit the suite's time
+        "MAX_OUTPUT_TOKENS": str(MAX_OUTPUT),
         "API_KEYS": "fuzz-user-key", "ADMIN_API_KEY": ADMIN_KEY})
     try:
         if state:
