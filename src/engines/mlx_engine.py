@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+from loguru import logger
 
 from ..core.concurrency import NativeWakeup
 from ..core.exceptions import EngineError, InvalidRequestError, ModelLoadError
@@ -185,8 +186,6 @@ class MLXEngine(HFText, InferenceEngine):
                               prefill_step_size=self.options.batch_tokens, stream=self._stream)
 
     def _fail_running(self, error: EngineError) -> None:
-        from loguru import logger
-
         logger.opt(exception=True).error("MLX generation failed for {}", self.model_id)
         for seq in list(self._active.values()):
             seq.stream.push(GenerationDelta(error=error))
