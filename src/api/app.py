@@ -14,6 +14,7 @@ from flask import Flask
 from ..core.inference_engine import EngineOptions
 from ..core.model_catalog import ModelCatalog
 from ..core.model_manager import ModelManager
+from ..core.model_pull import PullManager
 from ..core.response_store import ResponseStore
 from ..engines.registry import get_engine_class, implemented_engines
 from ..utils.config import Settings, get_settings
@@ -24,7 +25,7 @@ from .anthropic import routes as anthropic
 from .base_app import new_app
 from .ollama import routes as ollama
 from .openai import responses, routes as openai
-from .routes import console, custom_protocol, management, system
+from .routes import console, custom_protocol, management, model_pull, system
 from .system_sampler import start_system_sampler
 
 
@@ -69,7 +70,7 @@ FACES = [{"name": "OpenAI", "base_url": "/v1"},
 
 
 # the single service's routes (each face renders its errors in its own shape)
-BLUEPRINTS = [openai.bp, management.bp, system.bp, responses.bp, custom_protocol.bp,
+BLUEPRINTS = [openai.bp, management.bp, model_pull.bp, system.bp, responses.bp, custom_protocol.bp,
               console.bp, anthropic.bp, ollama.bp]
 
 
@@ -85,6 +86,7 @@ def create_app(settings: Optional[Settings] = None,
         manager.start()
     app.extensions["model_manager"] = manager
     app.extensions["platform"] = platform
+    app.extensions["model_pulls"] = PullManager(settings.model_dir, settings.model_storage_limit)
     app.config["FACES"] = FACES
     app.extensions["metrics"] = ServiceMetrics(lambda: model_figures(manager))
     app.extensions["response_store"] = ResponseStore(settings.data_path / "responses.sqlite3",

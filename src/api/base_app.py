@@ -17,10 +17,11 @@ from .middleware import access_log, auth, cors, rate_limit, request_id
 
 class ModelIdConverter(PathConverter):
     """A model id in a path: it may hold slashes (org/model), but is not
-    `load` (POST /v1/models/load's) and never ends in the /status or /unload
-    that the routes about a model add after it."""
+    `load` (POST /v1/models/load's) nor under `pull` (the pull routes'), and
+    never ends in the /status or /unload that the routes about a model add
+    after it."""
 
-    regex = r"(?!load$)(?:(?!/(?:status|unload)$)[^\x00])+?"
+    regex = r"(?!load$)(?!pull(?:/|$))(?:(?!/(?:status|unload)$)[^\x00])+?"
 
 
 def new_flask(name: str) -> Flask:

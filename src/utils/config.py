@@ -57,6 +57,14 @@ class Settings(BaseModel):
     max_batch_size: int = Field(4, ge=1)  # sequences decoded together per model
     chat_template: Optional[str] = None  # jinja2 template for models without one
 
+    # Pulling models (POST /v1/models/pull): off, so the server never contacts the network
+    allow_model_downloads: bool = False
+    hf_endpoint: str = "https://huggingface.co"  # a mirror, e.g. https://hf-mirror.com
+    hf_token: Optional[str] = None  # gated and private repositories
+    modelscope_endpoint: str = "https://modelscope.cn"
+    modelscope_token: Optional[str] = None
+    model_storage_limit: int = Field(0, ge=0)  # bytes MODEL_BASE_PATH may hold ("50GB"); 0: the disk
+
     # Requests
     max_concurrent_requests: int = Field(100, ge=1)
     request_timeout: float = Field(300.0, gt=0)
@@ -139,10 +147,24 @@ class Settings(BaseModel):
         return self
 
     @field_validator("chat_template", "vllm_quantization", "distributed_executor_backend",
-                     "api_keys_file", "admin_api_key", mode="before")
+                     "api_keys_file", "admin_api_key", "hf_token", "modelscope_token",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, value: Optional[str]) -> Optional[str]:
         return value or None
+
+    @field_validator("hf_endpoint", "modelscope_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("model_storage_limit", mode="before")
+    @classmethod
+    def _size(cls, value):
+        return parse_size(value) if isinstance(value, str) else value
 
     def resolve(self, path: Path) -> Path:
         """A configured relative path is relative to the project root."""
@@ -215,6 +237,23 @@ def parse_upstreams(text: str) -> list[UpstreamSpec]:
                                  f"(weight=N with N >= 1, api_key=KEY)")
         specs.append(make_upstream(url, weight, api_key))
     return specs
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
+          "G": 1024 ** 3, "GB": 1024 ** 3, "T": 1024 ** 4, "TB": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """'50GB', '512M', '1.5G' or a number of bytes (binary units: 1G = 1024^3)."""
+    raw = text.strip().upper().replace("IB", "B").replace(" ", "")
+    number = raw.rstrip("KMGTB")
+    unit = raw[len(number):]
+    try:
+        if unit not in _UNITS:
+            raise ValueError
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size like 50GB, 512MB or a number of bytes") from None
 
 
 class ConfigError(ValueError):

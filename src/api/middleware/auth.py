@@ -49,6 +49,14 @@ def admin_only(view: Callable) -> Callable:
     return view
 
 
+def require_admin() -> None:
+    """For what only some requests of a route may do (Ollama's /api/pull
+    downloading a model): with ADMIN_API_KEY set, only that key may."""
+    ring = current_app.extensions["keys"]
+    if ring.enabled and ring.has_admin_key and g.get("role") != "admin":
+        raise PermissionDeniedError("Downloading a model needs the admin key (ADMIN_API_KEY).")
+
+
 class KeyRing:
     def __init__(self, settings: Settings):
         self._inline = [k.strip() for k in settings.api_keys.split(",") if k.strip()]
@@ -156,7 +164,7 @@ def install(app: Flask, settings: Settings) -> KeyRing:
             return
         admin_route = _is_admin_route()
         key = presented_key()
-        role = ring.role(key) if key else None
+        role = g.role = ring.role(key) if key else None
         if role is not None:
             g.client = fingerprint(key)
         needs_key = ring.has_admin_key or ring.users_need_keys if admin_route \

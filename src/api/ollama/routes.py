@@ -15,22 +15,24 @@ import numpy as np
 from flask import Blueprint, Request, Response, jsonify, stream_with_context
 
 from ... import __version__
-from ...core.exceptions import ClientDisconnectedError, ServiceError, UnsupportedFeatureError
+from ...core.exceptions import (ClientDisconnectedError, ConflictError, ServiceError,
+                                UnsupportedFeatureError)
 from .. import errors
 from ..generation import Job, collect_replies, job_deltas, run_stream
 from ..middleware.auth import admin_only
 from ..middleware.rate_limit import token_reservation
+from ..pulling import pulls, start_pull
 from ..reply import Reasoning, ReplySummary
 from ..request_parsing import validate_as
-from ..schemas import ChatCompletionRequest
+from ..schemas import ChatCompletionRequest, PullModelRequest
 from ..serving import manager, request_timeout, start_chat_job
 from ..spec import NDJSON, accepts, responds
 from ..tool_calls import Content
 from .protocol import (ChatAnswer, ChatRequest, EmbedAnswer, EmbedRequest, OllamaError,
                        GenerateAnswer, GenerateRequest, LegacyEmbedding, LegacyEmbeddingsRequest,
                        ModelRequest, PullRequest, PullStatus, Running, ShowAnswer, Tags, Version)
-from .translate import (chat_body, final_counts, generate_body, keep_alive_seconds, model_id,
-                        now_iso, render_error, tool_calls)
+from .translate import (HubReference, chat_body, final_counts, generate_body, hub_reference,
+                        keep_alive_seconds, model_id, now_iso, render_error, tool_calls)
 
 bp = Blueprint("ollama", __name__)
 BASE_PATH = "/api"
@@ -51,9 +53,17 @@ def _describe(name: str) -> dict[str, Any]:
 
 def _details(info: dict[str, Any]) -> dict[str, Any]:
     path = info.get("path") or ""
+    meta = info.get("metadata") or {}
+    family = meta.get("architecture") or info.get("engine") or ""
     return {"parent_model": "", "format": "gguf" if path.endswith(".gguf") else "safetensors",
-            "family": info.get("engine") or "", "families": None, "parameter_size": "",
-            "quantization_level": ""}
+            "family": family, "families": [family] if meta.get("architecture") else None,
+            "parameter_size": meta.get("parameter_size") or "",
+            "quantization_level": meta.get("quantization") or ""}
+
+
+# this server's capability names -> Ollama's
+_CAPABILITIES = {"completion": "completion", "chat": "completion", "tools": "tools",
+                 "reasoning": "thinking", "embeddings": "embedding"}
 
 
 def _tag(info: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +109,19 @@ def _iso(epoch: float) -> str:
 @accepts(ModelRequest)
 def show(req: ModelRequest):
     info = _describe(req.id)
-    capabilities = ["completion", "tools", "thinking"]
+    meta = info.get("metadata")
+    model_info: dict[str, Any] = {"general.name": info["id"]}
+    if meta:  # what the model's files say (src/core/model_metadata.py)
+        capabilities = list(dict.fromkeys(_CAPABILITIES[c] for c in meta["capabilities"]))
+        arch = meta["architecture"] or "unknown"
+        model_info.update({"general.architecture": arch,
+                           "general.parameter_count": meta["parameters"],
+                           f"{arch}.context_length": meta["context_length"],
+                           f"{arch}.embedding_length": meta["embedding_length"]})
+    else:
+        capabilities = ["completion", "tools", "thinking"]
     return jsonify({"modelfile": "", "parameters": "", "template": "",
-                    "details": _details(info), "model_info": {"general.name": info["id"]},
+                    "details": _details(info), "model_info": model_info,
                     "capabilities": capabilities,
                     "modified_at": _tag(info)["modified_at"]})
 
@@ -211,8 +231,12 @@ def generate(req: GenerateRequest):
 @responds(PullStatus, NDJSON)
 @accepts(PullRequest)
 def pull(req: PullRequest):
-    """A model this server knows is made ready (loaded); nothing is downloaded.
-    Streams Ollama's status lines unless `stream` is false."""
+    """A hub name (hf.co/owner/repo:Q4_K_M, modelscope.cn/...) is downloaded
+    when ALLOW_MODEL_DOWNLOADS is on; a model this server knows is made ready
+    (loaded). Streams Ollama's status lines unless `stream` is false."""
+    reference = hub_reference(req.id)
+    if reference is not None:
+        return _pull_from_hub(reference, req.stream)
     name = model_id(req.id)
     manager().describe(name)  # 404 for a model this server does not know
 
@@ -230,6 +254,38 @@ def pull(req: PullRequest):
             load()
         except ServiceError as exc:
             yield json.dumps({"error": exc.message}) + "\n"
+            return
+        for status in ("verifying sha256 digest", "writing manifest", "success"):
+            yield json.dumps({"status": status}) + "\n"
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+def _pull_from_hub(reference: HubReference, stream: bool):
+    try:
+        pull = start_pull(PullModelRequest(source=reference.source, repo=reference.repo,
+                                           quantization=reference.quantization,
+                                           name=reference.local_id))
+    except ConflictError as exc:
+        if exc.code != "model_exists":
+            raise
+        pull = None  # pulled before: nothing to fetch
+    if not stream:
+        final = list(pulls().follow(reference.local_id))[-1] if pull else None
+        if final and final["status"] != "success":
+            return jsonify({"error": final["error"] or f"pull {final['status']}"}), 500
+        return jsonify({"status": "success"})
+
+    def lines() -> Iterator[str]:
+        yield json.dumps({"status": "pulling manifest"}) + "\n"
+        final = None
+        for final in (pulls().follow(reference.local_id) if pull else []):
+            file = final["files"][0] if final["files"] else {}
+            yield json.dumps({"status": f"pulling {final['current_file'] or file.get('path')}",
+                              "digest": f"sha256:{file.get('sha256') or ''}",
+                              "total": final["total"], "completed": final["completed"]}) + "\n"
+        if final is not None and final["status"] != "success":
+            yield json.dumps({"error": final["error"] or f"pull {final['status']}"}) + "\n"
             return
         for status in ("verifying sha256 digest", "writing manifest", "success"):
             yield json.dumps({"status": status}) + "\n"

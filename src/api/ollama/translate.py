@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..reply import call_arguments
@@ -19,8 +19,34 @@ OPTION_FIELDS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p
                  "frequency_penalty": "frequency_penalty"}
 
 
+# Ollama's names of models on a hub: hf.co/owner/repo[:quantization], and ModelScope's
+HUB_HOSTS = {"hf.co": "huggingface", "huggingface.co": "huggingface",
+             "modelscope.cn": "modelscope", "www.modelscope.cn": "modelscope"}
+
+
+class HubReference(NamedTuple):
+    source: str
+    repo: str
+    quantization: Optional[str]
+    local_id: str  # the id the pulled model has here: <repo name>[-<quantization>]
+
+
+def hub_reference(name: str) -> Optional[HubReference]:
+    host, _, rest = name.partition("/")
+    if host.lower() not in HUB_HOSTS or rest.count("/") != 1:
+        return None
+    repo, _, quantization = rest.partition(":")
+    quantization = None if quantization in ("", "latest") else quantization
+    local = repo.split("/")[1] + (f"-{quantization}" if quantization else "")
+    return HubReference(HUB_HOSTS[host.lower()], repo, quantization, local)
+
+
 def model_id(name: str) -> str:
-    """An Ollama model name: `id` or `id:latest` name the same model here."""
+    """An Ollama model name: `id` or `id:latest` name the same model here, and
+    a hub name (hf.co/owner/repo:Q4_K_M) the model its pull made."""
+    reference = hub_reference(name)
+    if reference is not None:
+        return reference.local_id
     return name[:-len(":latest")] if name.endswith(":latest") else name
 
 

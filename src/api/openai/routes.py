@@ -36,6 +36,8 @@ def _model_object(info: dict[str, Any]) -> dict[str, Any]:
             "owned_by": info["owned_by"], "state": info["state"]}
     if info.get("error"):
         body["error"] = info["error"]
+    if info.get("metadata"):
+        body["metadata"] = info["metadata"]
     return body
 
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ...core.exceptions import InvalidRequestError
+from ...core.exceptions import InvalidRequestError, ModelNotFoundError
 from ...core.model_manager import ModelManager
 from ..middleware.auth import admin_only
+from ..pulling import downloading
 from ..schemas import DeletedModel, Health, LoadModelRequest, ModelInfo
 from ..spec import accepts, public, responds
 
@@ -63,7 +64,14 @@ def delete_model(model_id: str):
 @bp.get("/v1/models/<model_id:model_id>/status")
 @responds(ModelInfo)
 def model_status(model_id: str):
-    return jsonify(_manager().describe(model_id)[0])
+    """A model's state and figures; a model still being pulled is `downloading`."""
+    try:
+        return jsonify(_manager().describe(model_id)[0])
+    except ModelNotFoundError:
+        pulled = downloading(model_id)
+        if pulled is None:
+            raise
+        return jsonify(pulled)
 
 
 def _drain_timeout():
