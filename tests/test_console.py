@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, start_server, stop_server
+from tests.fake_hub import FakeHub
 from tests.test_cluster import cluster_env, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,7 +36,17 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_dir, tiny_model):
+def hub(model_dir):
+    """A local Hugging Face, slow enough that a pull's bar is seen moving."""
+    hub = FakeHub(repos={"org/console-GGUF": {
+        "console-Q4_K_M.gguf": (model_dir / "tiny-chat.gguf").read_bytes()}},
+        bytes_per_second=150_000).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_dir, tiny_model, hub):
     tmp = tmp_path_factory.mktemp("console")
     models = tmp / "models"
     models.mkdir()
@@ -44,7 +55,9 @@ def server(tmp_path_factory, model_dir, tiny_model):
     (models / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
     srv = start_server(tmp, {"DEFAULT_MODEL": "tiny-chat", "MODEL_BASE_PATH": str(models),
                              "CONTEXT_SIZE": "512", "MAX_CONCURRENT_MODELS": "2",
-                             "API_KEYS": USER, "ADMIN_API_KEY": ADMIN})
+                             "API_KEYS": USER, "ADMIN_API_KEY": ADMIN,
+                             "ALLOW_MODEL_DOWNLOADS": "true", "HF_ENDPOINT": hub.url})
+    srv.models = models
     yield srv
     stop_server(srv)
 
@@ -115,7 +128,8 @@ def test_models_are_loaded_and_unloaded_from_the_page(browser, server):
     page, errors = open_console(browser, server.url, hash_="#models")
     row = '#models-table tr[data-model="tiny-base"]'
     page.locator(f"{row} .state[data-state='unloaded']").wait_for(timeout=10_000)
-    assert "KB" in page.text_content(f"{row} td:nth-child(4)")  # its size
+    assert "KB" in page.text_content(f"{row} td:nth-child(7)")  # its size
+    assert page.text_content(f"{row} td:nth-child(4)") == "llama"  # read from the file
     page.click(f"{row} button.load")
     page.locator(f"{row} .state[data-state='ready']").wait_for(timeout=30_000)
     assert requests.get(f"{server.url}/v1/models/tiny-base/status", timeout=5,
@@ -128,6 +142,31 @@ def test_models_are_loaded_and_unloaded_from_the_page(browser, server):
     page.locator(f"{broken} .state[data-state='error']").wait_for(timeout=30_000)
     assert page.text_content(f"{broken} .error")  # the load's own error text
     shot(page, "models-error")
+    assert not errors
+    page.context.close()
+
+
+def test_a_model_is_added_from_the_page_and_its_bar_reaches_100(browser, server):
+    page, errors = open_console(browser, server.url, hash_="#models")
+    page.fill("#pull-repo", "org/no-such-repo")
+    page.click("#pull-start")
+    page.locator("#notice").wait_for(state="visible", timeout=10_000)
+    assert "no repository 'org/no-such-repo'" in page.text_content("#notice")
+    page.fill("#pull-repo", "org/console-GGUF")
+    page.fill("#pull-file", "Q4_K_M")
+    page.click("#pull-start")
+    row = '#pulls-table tr[data-pull="console-Q4_K_M"]'
+    page.locator(f'{row}[data-status="downloading"]').wait_for(timeout=10_000)
+    assert page.locator(f"{row} button.cancel").is_visible()
+    shot(page, "models-pulling")
+    page.locator(f'{row}[data-status="success"] progress[data-percent="100"]').wait_for(
+        timeout=30_000)
+    assert (server.models / "console-Q4_K_M.gguf").is_file()
+    model = '#models-table tr[data-model="console-Q4_K_M"]'
+    page.locator(f"{model} .state[data-state='unloaded']").wait_for(timeout=10_000)
+    assert page.text_content(f"{model} td:nth-child(4)") == "llama"
+    assert "chat" in page.text_content(f"{model} td:nth-child(9)")
+    shot(page, "models-pulled")
     assert not errors
     page.context.close()
 

@@ -9,7 +9,6 @@ import json
 import struct
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests

@@ -14,6 +14,12 @@ const TEXT = {
     "chart.requests": "进行中与等待的请求", "chart.system": "CPU、内存与 GPU 显存（%）",
     "models.id": "模型", "models.state": "状态", "models.engine": "引擎", "models.size": "大小",
     "models.context": "上下文", "models.actions": "操作", "models.load": "加载", "models.unload": "卸载",
+    "models.arch": "架构", "models.params": "参数量", "models.quant": "量化", "models.caps": "能力",
+    "pull.title": "添加模型", "pull.source": "来源", "pull.repo": "仓库", "pull.quant": "文件或量化",
+    "pull.name": "名称（可选）", "pull.start": "下载", "pull.origin": "来源", "pull.progress": "进度",
+    "pull.cancel": "取消", "pull.hint": "从 Hugging Face（或 HF_ENDPOINT 镜像）、ModelScope 或一个 .gguf 的 URL 下载到 MODEL_BASE_PATH；服务需设置 ALLOW_MODEL_DOWNLOADS=true。取消后再次下载会从断点续传。",
+    "pull.need_repo": "请填写仓库（owner/name）。", "pull.need_url": "请填写 .gguf 文件的 URL。",
+    "state.downloading": "下载中", "state.success": "完成", "state.cancelled": "已取消",
     "pg.model": "模型", "pg.system": "系统提示词", "pg.temperature": "温度", "pg.max_tokens": "最大输出 token",
     "pg.clear": "清空对话", "pg.placeholder": "输入消息，Ctrl+Enter 发送", "pg.send": "发送", "pg.stop": "停止",
     "pg.snippets": "用代码发送同一个请求", "pg.copy": "复制", "pg.copied": "已复制",
@@ -40,6 +46,13 @@ const TEXT = {
     "chart.requests": "Requests running and waiting", "chart.system": "CPU, memory and GPU memory (%)",
     "models.id": "Model", "models.state": "State", "models.engine": "Engine", "models.size": "Size",
     "models.context": "Context", "models.actions": "Actions", "models.load": "Load", "models.unload": "Unload",
+    "models.arch": "Architecture", "models.params": "Parameters", "models.quant": "Quantization",
+    "models.caps": "Capabilities", "pull.title": "Add a model", "pull.source": "Source", "pull.repo": "Repository",
+    "pull.quant": "File or quantization", "pull.name": "Name (optional)", "pull.start": "Download",
+    "pull.origin": "From", "pull.progress": "Progress", "pull.cancel": "Cancel",
+    "pull.hint": "Downloads from Hugging Face (or the HF_ENDPOINT mirror), ModelScope or the URL of a .gguf into MODEL_BASE_PATH; the server needs ALLOW_MODEL_DOWNLOADS=true. A cancelled download resumes when started again.",
+    "pull.need_repo": "Enter a repository (owner/name).", "pull.need_url": "Enter the URL of a .gguf file.",
+    "state.downloading": "Downloading", "state.success": "Done", "state.cancelled": "Cancelled",
     "pg.model": "Model", "pg.system": "System prompt", "pg.temperature": "Temperature", "pg.max_tokens": "Max tokens",
     "pg.clear": "Clear chat", "pg.placeholder": "Type a message, Ctrl+Enter sends", "pg.send": "Send", "pg.stop": "Stop",
     "pg.snippets": "The same request from code", "pg.copy": "Copy", "pg.copied": "Copied",
@@ -277,7 +290,10 @@ function modelRow(m) {
   const row = document.createElement("tr");
   row.dataset.model = m.id;
   const context = (m.runtime && m.runtime.context_length) || (m.settings && m.settings.context_size) || "–";
-  const cells = [m.id, "", m.engine || "–", formatSize(m.size_bytes), context, ""].map((text) => {
+  const meta = m.metadata || {};
+  const cells = [m.id, "", m.engine || "–", meta.architecture || "–", meta.parameter_size || "–",
+    meta.quantization || "–", formatSize(m.size_bytes), context, (meta.capabilities || []).join(", ") || "–",
+    ""].map((text) => {
     const td = document.createElement("td");
     td.textContent = text;
     return td;
@@ -306,9 +322,93 @@ function modelRow(m) {
   unload.disabled = m.state !== "ready";
   unload.onclick = () => adminAction(api(`/v1/models/${encodeURIComponent(m.id)}/unload`, { method: "DELETE" }))
     .then(loadModels).catch(loadModels);
-  cells[5].append(load, " ", unload);
+  cells[9].append(load, " ", unload);
   row.append(...cells);
   return row;
+}
+
+// adding a model: a pull, and its progress until it ends ---------------------------------
+function pullBody() {
+  const source = $("pull-source").value;
+  const name = $("pull-name").value.trim();
+  const body = source === "url" ? { url: $("pull-url").value.trim() } : { source, repo: $("pull-repo").value.trim() };
+  const file = $("pull-file").value.trim();
+  if (source !== "url" && file) body[file.endsWith(".gguf") ? "file" : "quantization"] = file;
+  if (name) body.name = name;
+  return body;
+}
+
+async function startPull(event) {
+  event.preventDefault();
+  notice("");
+  const body = pullBody();
+  if (body.url === "" || body.repo === "") {
+    notice(t(body.url === "" ? "pull.need_url" : "pull.need_repo"));
+    return;
+  }
+  try {
+    await adminAction(api("/v1/models/pull", { method: "POST", body: JSON.stringify(body) }));
+  } catch (err) {
+    return;  // the notice says why (the server's message)
+  }
+  followPulls();
+}
+
+let followingPulls = false;
+async function followPulls() {
+  if (followingPulls) return;
+  followingPulls = true;
+  try {
+    for (;;) {
+      const pulls = (await api("/v1/models/pull").catch(() => ({ data: [] }))).data;
+      $("pulls-table").querySelector("tbody").replaceChildren(...pulls.map(pullRow));
+      if (!pulls.some((p) => p.status === "downloading")) break;
+      await new Promise((r) => setTimeout(r, 400));
+    }
+  } finally {
+    followingPulls = false;
+  }
+  await loadModels();  // a finished pull is a model now
+}
+
+function pullRow(p) {
+  const row = document.createElement("tr");
+  row.dataset.pull = p.id;
+  row.dataset.status = p.status;
+  const cells = [p.id, p.origin, "", "", ""].map((text) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    return td;
+  });
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  const percent = p.percent == null ? (p.status === "success" ? 100 : 0) : p.percent;
+  bar.value = percent;
+  bar.dataset.percent = String(percent);
+  cells[2].append(bar, ` ${percent.toFixed(1)} % · ${formatSize(p.completed)} / ${formatSize(p.total)}`);
+  cells[3].append(stateLabel(p.status));
+  if (p.error) {
+    const err = document.createElement("div");
+    err.className = "error";
+    err.textContent = p.error;
+    cells[3].append(err);
+  }
+  if (p.status === "downloading") {
+    const cancel = document.createElement("button");
+    cancel.textContent = t("pull.cancel");
+    cancel.className = "cancel";
+    cancel.onclick = () => adminAction(api(`/v1/models/pull/${encodeURIComponent(p.id)}`, { method: "DELETE" }))
+      .catch(() => null);
+    cells[4].append(cancel);
+  }
+  row.append(...cells);
+  return row;
+}
+
+function showPullFields() {
+  const url = $("pull-source").value === "url";
+  document.querySelectorAll(".pull-repo").forEach((el) => { el.hidden = url; });
+  document.querySelector(".pull-url").hidden = !url;
 }
 
 async function loadModel(id) {
@@ -553,7 +653,7 @@ function start() {
     requests: makeChart("chart-requests", [["running", "#1e8e3e"], ["waiting", "#c0392b"]]),
     system: makeChart("chart-system", [["CPU", "#2f6fde"], ["memory", "#16a085"], ["GPU", "#c0392b"]]),
   };
-  loaders.models = loadModels;
+  loaders.models = () => { loadModels(); followPulls(); };
   loaders.playground = loadPlaygroundModels;
   loaders.cluster = loadCluster;
   loaders.logs = loadLogs;
@@ -589,6 +689,8 @@ function start() {
   $("cl-up").onclick = () => clusterAction("/v1/cluster/scale", { action: "scale_up", count: 1 });
   $("cl-down").onclick = () => clusterAction("/v1/cluster/scale", { action: "scale_down", count: 1 });
   $("log-form").addEventListener("submit", (e) => { e.preventDefault(); loadLogs(); });
+  $("pull-form").addEventListener("submit", startPull);
+  $("pull-source").addEventListener("change", showPullFields);
   pollStatus().then(showTab);
   pollMetrics();
   setInterval(pollMetrics, METRICS_EVERY);
