@@ -23,7 +23,8 @@ ORIGIN = "https://app.example"
 # the routes only the admin key may call (when one is set)
 ADMIN_ROUTES = {("post", "/v1/models/load"), ("delete", "/v1/models/{model_id}/unload"),
                 ("delete", "/v1/models/{model_id}"), ("get", "/v1/logs/recent"),
-                ("delete", "/api/delete")}
+                ("delete", "/api/delete"), ("post", "/v1/models/pull"),
+                ("delete", "/v1/models/pull/{model_id}")}
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 

@@ -394,7 +394,14 @@ class PullModelRequest(BaseModel):
     .gguf file or quantization to take; none: its only or its Q4_K_M .gguf,
     or the whole model folder when it has no .gguf), or the URL of a .gguf."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the document says the rule _one_origin checks: a repository, or a URL
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["url"], "properties": {
+            "url": {"type": "string"}, "repo": {"type": "null"}, "file": {"type": "null"},
+            "quantization": {"type": "null"}, "source": {"enum": ["url", None]}}},
+        {"required": ["repo"], "properties": {
+            "repo": {"type": "string"}, "url": {"type": "null"},
+            "source": {"enum": ["huggingface", "modelscope", None]}}}]})
 
     source: Optional[Literal["huggingface", "modelscope", "url"]] = Field(
         None, description="default: url when url is given, else huggingface")
