@@ -81,6 +81,7 @@ def server(tmp_path_factory, hub, model_dir):
                              "CONTEXT_SIZE": "256", "MAX_CONCURRENT_MODELS": "3",
                              "ALLOW_MODEL_DOWNLOADS": "true", "HF_ENDPOINT": hub.url,
                              "MODELSCOPE_ENDPOINT": hub.url, "MODEL_STORAGE_LIMIT": "8MB",
+                             "HF_TOKEN": "hub-token",
                              "API_KEYS": USER, "ADMIN_API_KEY": ADMIN})
     srv.models = models
     yield srv
@@ -162,6 +163,19 @@ def test_pulling_a_second_time_is_a_conflict_and_bad_requests_are_400(server):
     user = requests.post(f"{server.url}/v1/models/pull", json={"repo": "org/tiny-GGUF"},
                          headers=USER_H, timeout=10)
     assert user.status_code == 403
+
+
+def test_hf_token_goes_to_the_hub_and_a_refusal_says_so(server, hub, files):
+    hub.token = "hub-token"  # the hub now wants HF_TOKEN, for the listing and the file
+    try:
+        final = events(server, repo="org/tiny-GGUF", file="tiny-Q8_0.gguf", name="gated")[-1]
+        assert final["status"] == "success", final
+        hub.token = "another-token"
+        refused = pull(server, repo="org/tiny-GGUF", name="gated-2")
+    finally:
+        hub.token = None
+    assert (server.models / "gated.gguf").read_bytes() == files["b"]
+    assert refused.status_code == 403 and "HF_TOKEN" in refused.json()["error"]["message"]
 
 
 def test_a_dropped_line_resumes_where_it_stopped(server, hub, files):
