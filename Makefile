@@ -73,7 +73,7 @@ install-dev: $(VENV)/.installed-dev
 install-vllm: $(VLLM_VENV)/.installed
 
 platform: install
-	$(PY) src/utils/platform_detector.py
+	$(PY) -m src.utils.platform_detector
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -18,10 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from src.utils.names import Engine  # noqa: E402 (after the project root is on the path)
+
 INSTALL_HINTS = {
-    "llama_cpp": "pip install -r requirements.txt",
-    "vllm": "pip install -r requirements-linux.txt",
-    "mlx": "pip install -r requirements-mac.txt",
+    Engine.LLAMA_CPP: "pip install -r requirements.txt",
+    Engine.VLLM: "pip install -r requirements-linux.txt",
+    Engine.MLX: "pip install -r requirements-mac.txt",
 }
 
 

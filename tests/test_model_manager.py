@@ -13,7 +13,7 @@ from src.core.exceptions import (ConflictError, InvalidRequestError, ModelLoadEr
 from src.core.inference_engine import EngineOptions, GenerationRequest, SamplingParams
 from src.core.model_catalog import ModelCatalog, ModelSettings
 from src.core.model_manager import ModelManager
-from src.engines.registry import get_engine_class
+from src.engines.registry import engine_for_model
 from tests.tiny_model import write_tiny_model
 
 
@@ -41,7 +41,7 @@ def base(tmp_path_factory, tiny_model) -> Path:
 def make_manager(base: Path, **kwargs) -> ModelManager:
     catalog = ModelCatalog(base, kwargs.pop("default", "tiny-a"), base / "config")
     options = EngineOptions(context_size=256, parallel_sequences=2, threads=1)
-    return ModelManager(catalog, get_engine_class, "llama_cpp", options, **kwargs)
+    return ModelManager(catalog, engine_for_model, "llama_cpp", options, **kwargs)
 
 
 def wait_state(manager: ModelManager, model_id: str, state: str, timeout: float = 30) -> None:

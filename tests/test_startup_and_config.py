@@ -74,7 +74,7 @@ def test_detect_platform_reads_this_machine():
 
 
 def test_platform_report_runs():
-    out = subprocess.run([sys.executable, "src/utils/platform_detector.py"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "src.utils.platform_detector"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "Chosen engine" in out.stdout
 
@@ -149,3 +149,13 @@ def test_models_json_is_read_like_yaml(tmp_path):
         '{"models": {"m": {"path": "m.gguf", "engine": "llama_cpp", "aliases": ["a"]}}}')
     entry = parse_model_config(tmp_path / "models.json")["m"]
     assert entry.path == "m.gguf" and entry.aliases == ["a"]
+
+
+def test_multi_instance_keeps_several_models_unless_told_otherwise():
+    from src.utils.config import MULTI_INSTANCE_MODELS, Settings
+
+    assert Settings().max_concurrent_models == 1
+    assert Settings(inference_mode="multi_instance").max_concurrent_models == MULTI_INSTANCE_MODELS
+    chosen = Settings(inference_mode="Multi_Instance", max_concurrent_models=2)
+    assert chosen.max_concurrent_models == 2
+    assert Settings(inference_mode="single", max_concurrent_models=2).max_concurrent_models == 2

@@ -16,11 +16,12 @@ from ..core.model_catalog import ModelCatalog
 from ..core.model_manager import ModelManager
 from ..core.model_pull import PullManager
 from ..core.response_store import ResponseStore
-from ..engines.registry import get_engine_class, implemented_engines
+from ..engines.registry import engine_for_model, implemented_engines
 from ..utils.config import Settings, get_settings
 from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
+from . import extensions as ext
 from .anthropic import routes as anthropic
 from .base_app import new_app
 from .ollama import routes as ollama
@@ -49,7 +50,7 @@ def build_model_manager(settings: Settings) -> tuple[ModelManager, dict[str, Any
                            implemented_engines())
     logger.info("Engine: {} on {} ({})", choice.engine, choice.device, choice.reason)
     catalog = ModelCatalog(settings.model_dir, settings.default_model, settings.config_path)
-    manager = ModelManager(catalog, get_engine_class, choice.engine, engine_options(settings),
+    manager = ModelManager(catalog, engine_for_model, choice.engine, engine_options(settings),
                            max_models=settings.max_concurrent_models,
                            auto_load=settings.auto_load,
                            idle_timeout=settings.model_idle_timeout,
@@ -74,25 +75,22 @@ BLUEPRINTS = [openai.bp, management.bp, model_pull.bp, system.bp, responses.bp, 
               console.bp, anthropic.bp, ollama.bp]
 
 
-def create_app(settings: Optional[Settings] = None,
-               manager: Optional[ModelManager] = None) -> Flask:
+def create_app(settings: Optional[Settings] = None) -> Flask:
     settings = settings or get_settings()
     app = new_app(settings, __name__)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    platform: dict[str, Any] = {"info": None, "choice": None}
-    if manager is None:
-        manager, platform = build_model_manager(settings)
-        manager.start()
-    app.extensions["model_manager"] = manager
-    app.extensions["platform"] = platform
-    app.extensions["model_pulls"] = PullManager(settings.model_dir, settings.model_storage_limit)
+    manager, platform = build_model_manager(settings)
+    manager.start()
+    ext.model_manager.install(app, manager)
+    ext.platform.install(app, platform)
+    ext.model_pulls.install(app, PullManager(settings.model_dir, settings.model_storage_limit))
     app.config["FACES"] = FACES
-    app.extensions["metrics"] = ServiceMetrics(lambda: model_figures(manager))
-    app.extensions["response_store"] = ResponseStore(settings.data_path / "responses.sqlite3",
-                                                     settings.response_store_retention_days)
+    metrics = ext.metrics.install(app, ServiceMetrics(lambda: model_figures(manager)))
+    ext.response_store.install(app, ResponseStore(settings.data_path / "responses.sqlite3",
+                                                  settings.response_store_retention_days))
     if settings.metrics_interval > 0:
-        start_system_sampler(settings.metrics_interval, app.extensions["metrics"].summary)
+        start_system_sampler(settings.metrics_interval, metrics.summary)
     return app
 
 

@@ -10,7 +10,7 @@ from flask import Flask, Request, jsonify, request
 from pydantic import BaseModel
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from ..core.exceptions import ServiceError
+from ..core.exceptions import ServiceError, error_body
 from ..utils.logger import logger
 
 _HTTP_ERROR_TYPES = {404: ("not_found", "invalid_request_error"),
@@ -68,8 +68,8 @@ def install(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code, kind = _HTTP_ERROR_TYPES.get(exc.code or 500, ("http_error", "invalid_request_error"))
-        body, status = error_response(exc.code or 500, {"error": {
-            "message": exc.description, "type": kind, "param": None, "code": code}})
+        body, status = error_response(exc.code or 500, error_body(exc.description, kind,
+                                                                  code=code))
         # a 405 says which methods the path takes
         allow = {"Allow": ", ".join(sorted(exc.valid_methods))} \
             if isinstance(exc, MethodNotAllowed) and exc.valid_methods else {}
@@ -78,6 +78,6 @@ def install(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         logger.exception("Unhandled error")
-        return error_response(500, {"error": {
-            "message": "The server had an error while processing your request.",
-            "type": "server_error", "param": None, "code": "internal_error"}})
+        return error_response(500, error_body(
+            "The server had an error while processing your request.", "server_error",
+            code="internal_error"))

@@ -24,11 +24,14 @@ def worker_exit(server, worker):
     the local instances end with it; in single mode its models are unloaded
     in order (vLLM's engine process stopped by its client, not left to die
     under it at interpreter exit)."""
-    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
-    if "cluster" in extensions:
-        extensions["cluster"].stop()
-    if "model_manager" in extensions:
+    from src.api import extensions as ext
+
+    app = getattr(worker, "wsgi", None)
+    cluster, manager = ext.cluster.of(app), ext.model_manager.of(app)
+    if cluster is not None:
+        cluster.stop()
+    if manager is not None:
         # engines are stopped from a native thread, as the unload route does
         from src.core.concurrency import call_in_native_thread
 
-        call_in_native_thread(extensions["model_manager"].shutdown, SHUTDOWN_LIMIT)
+        call_in_native_thread(manager.shutdown, SHUTDOWN_LIMIT)

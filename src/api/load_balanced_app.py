@@ -21,6 +21,7 @@ from ..utils.cluster_manager import ClusterManager
 from ..utils.config import Settings, get_settings
 from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
+from . import extensions as ext
 from .base_app import new_app
 from .middleware.auth import service_key
 from .routes import cluster, console, load_balanced
@@ -36,7 +37,9 @@ def create_load_balanced_app(settings: Optional[Settings] = None) -> Flask:
     balancer = LoadBalancer(manager, settings.load_balance_strategy)
     metrics = ServiceMetrics(lambda: [])  # no model here: the instances have them
     metrics.add_instances(lambda: [i.describe() for i in manager.instances()])
-    app.extensions.update(cluster=manager, balancer=balancer, metrics=metrics)
+    ext.cluster.install(app, manager)
+    ext.balancer.install(app, balancer)
+    ext.metrics.install(app, metrics)
     if settings.api_keys_file and threading.current_thread() is threading.main_thread():
         _pass_hup_on(manager)
     manager.start()

@@ -21,7 +21,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from .. import __version__
-from . import errors
+from . import errors, extensions as ext
 from .base_app import new_flask
 from .spec import JSON, SSE_MEDIA, Events, is_public
 
@@ -38,7 +38,7 @@ KEY = [{"bearer": []}, {"api_key": []}]  # either header
 def build_openapi(app: Flask) -> dict[str, Any]:
     components: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
-    keys = app.extensions.get("keys")
+    keys = ext.keys.of(app)
     guarded = _Guard(users=bool(keys and keys.users_need_keys),
                      admin=bool(keys and keys.enabled))
     relays_the_rest = False

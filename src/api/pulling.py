@@ -8,15 +8,12 @@ from typing import Any, Optional
 from flask import current_app
 
 from ..core.exceptions import ConflictError, ModelNotFoundError, PermissionDeniedError
-from ..core.model_pull import Pull, PullManager
+from ..core.model_pull import Pull
 from ..core.model_sources import PullPlan, plan_huggingface, plan_modelscope, plan_url
+from . import extensions as ext
 from .middleware.auth import require_admin
+from ..utils.names import ModelState
 from .schemas import PullModelRequest
-from .serving import manager
-
-
-def pulls() -> PullManager:
-    return current_app.extensions["model_pulls"]
 
 
 def start_pull(req: PullModelRequest) -> Pull:
@@ -27,11 +24,11 @@ def start_pull(req: PullModelRequest) -> Pull:
                                     "ALLOW_MODEL_DOWNLOADS=true to pull models.",
                                     code="downloads_disabled")
     plan = _plan(req, settings)
-    running = pulls().get(plan.model_id)
+    running = ext.model_pulls().get(plan.model_id)
     if (running is None or not running.active) and _known(plan.model_id):
         raise ConflictError(f"A model called '{plan.model_id}' exists already; pull it under "
                             f"another name.", param="name", code="model_exists")
-    return pulls().start(plan)
+    return ext.model_pulls().start(plan)
 
 
 def _plan(req: PullModelRequest, settings: Any) -> PullPlan:
@@ -46,7 +43,7 @@ def _plan(req: PullModelRequest, settings: Any) -> PullPlan:
 
 def _known(model_id: str) -> bool:
     try:
-        manager().describe(model_id)
+        ext.model_manager().describe(model_id)
         return True
     except ModelNotFoundError:
         return False
@@ -54,9 +51,9 @@ def _known(model_id: str) -> bool:
 
 def downloading(model_id: str) -> Optional[dict[str, Any]]:
     """A model that exists only as a pull under way, described like the others."""
-    pull = pulls().get(model_id)
+    pull = ext.model_pulls().get(model_id)
     if pull is None or not pull.active:
         return None
-    return {"id": model_id, "state": "downloading", "error": None, "engine": None,
+    return {"id": model_id, "state": ModelState.DOWNLOADING, "error": None, "engine": None,
             "path": None, "size_bytes": pull.plan.total, "default": False,
             "download": pull.snapshot()}

@@ -15,6 +15,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, Strict, Strict
 from ..core.exceptions import InvalidRequestError, UnsupportedFeatureError
 from ..core.model_catalog import ModelSettings
 from ..engines.chat_template import RESERVED_TEMPLATE_VARIABLES
+from ..utils.names import ModelState, Strategy
 from .spec import Answer, requires_when
 
 
@@ -442,7 +443,7 @@ class ClusterScaleRequest(_Strict):
 
 
 class ClusterStrategyRequest(_Strict):
-    strategy: Literal["round_robin", "least_connections", "weighted", "random", "response_time"]
+    strategy: Strategy
 
 
 class ClusterRestartRequest(_Strict):
@@ -491,7 +492,7 @@ class ModelInfo(Answer):
     """A model as the model manager describes it (the console's model page)."""
 
     id: str
-    state: Literal["unloaded", "loading", "ready", "unloading", "error", "downloading"]
+    state: ModelState
     error: Optional[str] = None
     engine: Optional[str] = None
     path: Optional[str] = None

@@ -9,16 +9,12 @@ from typing import Any, Iterator
 from flask import Response, current_app, g, request, stream_with_context
 
 from ..core.exceptions import ClientDisconnectedError, InvalidRequestError
-from ..core.model_manager import ModelManager
 from .client_connection import client_disconnected
+from . import extensions as ext
 from .generation import Caller, Job, start_chat
 from .middleware.rate_limit import token_reservation
 from .request_trace import RequestTrace
 from .schemas import ChatCompletionRequest
-
-
-def manager() -> ModelManager:
-    return current_app.extensions["model_manager"]
 
 
 def request_timeout() -> float:
@@ -35,12 +31,12 @@ def event_stream(lines: Iterator[str], job: Job) -> Response:
 
 
 def with_model(req: Any) -> Any:
-    req.model = req.model or manager().default_model_id
+    req.model = req.model or ext.model_manager().default_model_id
     return req
 
 
 def new_caller(model: str, endpoint: str, req: Any) -> Caller:
-    trace = RequestTrace(current_app.extensions["metrics"], model, endpoint, req.stream, req.n)
+    trace = RequestTrace(ext.metrics(), model, endpoint, req.stream, req.n)
     g.trace = trace  # for the access log line
     return Caller(g.get("client", ""), trace, client_disconnected(request.environ),
                   token_reservation())
@@ -65,6 +61,6 @@ def start_chat_job(req: ChatCompletionRequest, endpoint: str,
     """A chat request under way on its model (the default one when it names
     none), and its deadline: what every chat-shaped route starts from."""
     cap_output(with_model(req))
-    lease = manager().acquire(req.model, request_timeout())
+    lease = ext.model_manager().acquire(req.model, request_timeout())
     deadline = time.monotonic() + request_timeout()
     return start_chat(lease, req, new_caller(lease.model_id, endpoint, req), truncate), deadline

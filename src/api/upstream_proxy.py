@@ -253,12 +253,11 @@ class _Relay:
 
 
 def _stream_error(path: str, message: str) -> bytes:
-    error = {"message": message, "type": "server_error", "param": None,
-             "code": BadGatewayError.code}
+    body = BadGatewayError(message).to_dict()
     if path.split("?")[0].rstrip("/").endswith("responses"):
-        event = {"type": "error", "code": error["code"], "message": message, "param": None}
+        event = {"type": "error", "code": body["error"]["code"], "message": message, "param": None}
         return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
-    return f"data: {json.dumps({'error': error})}\n\ndata: [DONE]\n\n".encode()
+    return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n".encode()
 
 
 def _discard(upstream: Optional[urllib3.BaseHTTPResponse]) -> None:

@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+def error_body(message: str, error_type: str, param: Optional[str] = None,
+               code: Optional[str] = None) -> dict[str, Any]:
+    """OpenAI's error body: every error leaves in it (or in a face's own shape made from it)."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 class ServiceError(Exception):
     status_code = 500
     error_type = "server_error"
@@ -24,8 +30,7 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.error_type,
-                          "param": self.param, "code": self.code}}
+        return error_body(self.message, self.error_type, self.param, self.code)
 
 
 class InvalidRequestError(ServiceError):

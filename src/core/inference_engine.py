@@ -9,27 +9,16 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from loguru import logger
 
 from .concurrency import CrossThreadQueue, allocate_native_lock, start_native_thread
+from ..utils.names import ModelState  # noqa: F401 (part of the engine contract)
 from .exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
                          ModelLoadError, RequestTimeoutError, ServiceError,
                          ServiceUnavailableError, UnsupportedFeatureError)
-
-
-class ModelState(StrEnum):
-    """Where a model is in its life: the same names in the engines, the model
-    manager, the API's answers and the console."""
-
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    READY = "ready"
-    UNLOADING = "unloading"
-    ERROR = "error"  # the load failed, or the engine's worker did
 
 
 @dataclass
@@ -61,7 +50,6 @@ class GenerationRequest:
     # None: none; k: each prompt token's logprob (given the tokens before it) and k alternatives
     prompt_logprobs: Optional[int] = None
     json_schema: Optional[dict[str, Any]] = None  # the output must be JSON valid against it
-    grammar: Optional[str] = None  # an engine's own grammar (llama.cpp: GBNF)
     client: str = ""  # who asked (key fingerprint or address): queues are fair per client
 
 
@@ -122,14 +110,13 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class EngineCapabilities:
-    chat_template: bool = True
+    """What the API checks before it starts a request, to answer 400 instead of failing late."""
+
     embeddings: bool = False
     logprobs: bool = False
     prompt_logprobs: bool = False  # log-probabilities of the prompt's own tokens (scoring)
-    grammar: bool = False
+    grammar: bool = False  # output held to a JSON schema (GenerationRequest.json_schema)
     tools: bool = False  # the chat template renders `tools` itself
-    seed: bool = True
-    logit_bias: bool = True
 
 
 @dataclass
@@ -146,7 +133,6 @@ class EngineStatus:
     tokens_generated: int = 0
     tokens_per_second: float = 0.0
     loaded_at: Optional[float] = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RequestStream:

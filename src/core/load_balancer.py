@@ -19,14 +19,12 @@ import threading
 from typing import Iterable, Optional
 
 from ..utils.cluster_manager import ClusterManager, Instance
-
-STRATEGIES = ("round_robin", "least_connections", "weighted", "random", "response_time")
+from ..utils.names import ModelState, Strategy
 
 
 class LoadBalancer:
     def __init__(self, cluster: ClusterManager, strategy: str):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}")
+        strategy = Strategy(strategy)  # ValueError for an unknown one
         self.cluster = cluster
         self.strategy = strategy
         self._turn = 0
@@ -35,8 +33,7 @@ class LoadBalancer:
 
     def set_strategy(self, strategy: str) -> str:
         """Switch, and return the strategy used until now."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}")
+        strategy = Strategy(strategy)  # ValueError for an unknown one
         with self._lock:
             previous, self.strategy = self.strategy, strategy
             self._current_weight.clear()
@@ -48,7 +45,7 @@ class LoadBalancer:
         if not model:
             return healthy
         serving = [i for i in healthy if i.serves(model)]
-        loaded = [i for i in serving if i.models.get(model) == "ready"]
+        loaded = [i for i in serving if i.models.get(model) == ModelState.READY]
         return loaded or serving or healthy
 
     def choose(self, model: Optional[str], exclude: Iterable[Instance] = ()) -> Optional[Instance]:

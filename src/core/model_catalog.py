@@ -25,10 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .exceptions import (InvalidRequestError, ModelLoadError, ModelNotFoundError,
                          NotFoundError, PermissionDeniedError)
+from ..utils.names import Engine
 from .inference_engine import EngineOptions
 from .model_metadata import read_metadata
-
-ENGINE_NAMES = ("llama_cpp", "vllm", "mlx")
 
 
 def _smollm2_path() -> Path:
@@ -347,11 +346,12 @@ def scan_models(root: Path) -> list[Path]:
     return found
 
 
-def check_engine_name(name: str) -> str:
-    if name not in ENGINE_NAMES:
-        raise InvalidRequestError(f"engine_type '{name}' is not one of {', '.join(ENGINE_NAMES)}.",
-                                  param="engine_type", code="invalid_engine")
-    return name
+def check_engine_name(name: str) -> Engine:
+    try:
+        return Engine(name)
+    except ValueError:
+        raise InvalidRequestError(f"engine_type '{name}' is not one of {', '.join(Engine)}.",
+                                  param="engine_type", code="invalid_engine") from None
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -19,18 +19,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from loguru import logger
 
 from .concurrency import (CrossThreadQueue, NativeWakeup, allocate_native_lock,
                           call_in_native_thread, start_native_thread)
-from .exceptions import (ConflictError, InvalidRequestError, ModelLoadError, ModelNotFoundError,
-                         ModelNotLoadedError, ServiceError, ServiceUnavailableError)
+from .exceptions import (ConflictError, ModelLoadError, ModelNotFoundError, ModelNotLoadedError,
+                         ServiceError, ServiceUnavailableError)
 from .inference_engine import EngineOptions, InferenceEngine, ModelState
 from .model_catalog import ModelCatalog, ModelSettings, ModelSpec
 
-EngineClassFor = Callable[[str], type]  # engine name -> InferenceEngine subclass
+# (model id, the engine named for it, its path, the machine's engine) -> (engine, its class):
+# the engine registry's rule (src/engines/registry.engine_for_model)
+EngineFor = Callable[[str, Optional[str], Optional[Path], str], tuple[str, type]]
 ops_log = logger.bind(channel="model")
 
 
@@ -91,12 +94,12 @@ class ModelLease:
 
 
 class ModelManager:
-    def __init__(self, catalog: ModelCatalog, engine_class_for: EngineClassFor,
+    def __init__(self, catalog: ModelCatalog, engine_for: EngineFor,
                  default_engine: str, options: EngineOptions, *, max_models: int = 1,
                  auto_load: bool = True, idle_timeout: float = 0.0,
                  drain_timeout: float = 30.0):
         self.catalog = catalog
-        self._engine_class_for = engine_class_for
+        self._engine_for = engine_for
         self.default_engine = default_engine
         self._options = options
         self._max_models = max_models
@@ -249,24 +252,10 @@ class ModelManager:
         self._wait_loaded(spec.model_id, deadline, accept_loading=True)
         return self._describe(spec)
 
-    def _engine_name(self, spec: ModelSpec) -> str:
-        """The engine a request or models.yaml names, else the model's format decides:
-        a .gguf file -> llama_cpp; a folder -> vllm on CUDA, mlx on Apple Silicon."""
-        if spec.engine:
-            return spec.engine
-        if spec.path is not None and spec.path.is_dir():
-            if self.default_engine not in ("vllm", "mlx"):
-                raise InvalidRequestError(f"'{spec.model_id}' is a model folder: on this "
-                                          f"machine give engine_type mlx or vllm to load it.",
-                                          param="engine_type")
-            return self.default_engine
-        if spec.path is not None and spec.path.suffix == ".gguf":
-            return "llama_cpp"
-        return self.default_engine
-
     def _begin_load(self, spec: ModelSpec) -> None:
-        engine_name = self._engine_name(spec)
-        engine_class = self._engine_class_for(engine_name)  # 400 when not available here
+        # 400 for an engine not available here
+        engine_name, engine_class = self._engine_for(spec.model_id, spec.engine, spec.path,
+                                                     self.default_engine)
         options = spec.engine_options(self._options, self._chat_template(spec))
         victims: list[_Model] = []
         with self._lock:

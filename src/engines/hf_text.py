@@ -19,8 +19,7 @@ class HFText:
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  prompt_logprobs=True, grammar=True,
+        return EngineCapabilities(logprobs=True, prompt_logprobs=True, grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

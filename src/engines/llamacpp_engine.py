@@ -216,8 +216,7 @@ class LlamaCppEngine(InferenceEngine):
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(chat_template=self._template is not None, logprobs=True,
-                                  prompt_logprobs=True, embeddings=True,
+        return EngineCapabilities(logprobs=True, prompt_logprobs=True, embeddings=True,
                                   grammar=True,
                                   tools=bool(self._template and self._template.takes_tools))
 
@@ -485,22 +484,21 @@ class LlamaCppEngine(InferenceEngine):
     # helpers -------------------------------------------------------------
     def _grammar_for(self, request: GenerationRequest) -> Optional[bytes]:
         """The GBNF that constrains this request, checked now so that a bad one is a 400."""
-        grammar = request.grammar
-        if request.json_schema is not None:
-            try:
-                grammar = json_schema_to_gbnf(json.dumps(request.json_schema))
-                # strict JSON has no raw control characters in strings; this
-                # converter's `char` rule allows them, and clients' parsers refuse them
-                grammar = grammar.replace(_LAX_JSON_CHAR, _STRICT_JSON_CHAR)
-            except Exception as exc:  # the converter raises plain errors for what it lacks
-                raise InvalidRequestError(f"This JSON schema cannot be enforced: {exc}",
-                                          param="response_format") from None
-        if grammar is None:
+        if request.json_schema is None:
             return None
+        try:
+            grammar = json_schema_to_gbnf(json.dumps(request.json_schema))
+            # strict JSON has no raw control characters in strings; this
+            # converter's `char` rule allows them, and clients' parsers refuse them
+            grammar = grammar.replace(_LAX_JSON_CHAR, _STRICT_JSON_CHAR)
+        except Exception as exc:  # the converter raises plain errors for what it lacks
+            raise InvalidRequestError(f"This JSON schema cannot be enforced: {exc}",
+                                      param="response_format") from None
         encoded = grammar.encode("utf-8")
         sampler = _lib.llama_sampler_init_grammar(self._vocab, encoded, b"root")
         if not sampler:
-            raise InvalidRequestError("The grammar does not parse.", param="grammar")
+            raise InvalidRequestError("This JSON schema's grammar does not parse.",
+                                      param="response_format")
         _lib.llama_sampler_free(sampler)
         return encoded
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from .names import Device, Engine, Strategy
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MULTI_INSTANCE_MODELS = 3  # models resident at once in multi_instance mode, unless set
 
 
 class Settings(BaseModel):
@@ -34,8 +37,8 @@ class Settings(BaseModel):
     worker_timeout: int = Field(300, ge=1)
 
     # Engine and device
-    inference_engine: Literal["auto", "llama_cpp", "vllm", "mlx"] = "auto"
-    device_type: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    inference_engine: Union[Literal["auto"], Engine] = "auto"
+    device_type: Union[Literal["auto"], Device] = "auto"
     max_gpu_memory: float = Field(0.8, gt=0, le=1)
     max_cpu_threads: int = Field(0, ge=0)  # 0: all physical cores
     # vLLM only (docs/engines.md)
@@ -63,7 +66,7 @@ class Settings(BaseModel):
     hf_token: Optional[str] = None  # gated and private repositories
     modelscope_endpoint: str = "https://modelscope.cn"
     modelscope_token: Optional[str] = None
-    model_storage_limit: int = Field(0, ge=0)  # bytes MODEL_BASE_PATH may hold ("50GB"); 0: the disk
+    model_storage_limit: int = Field(0, ge=0)  # bytes MODEL_BASE_PATH may hold ("50GB"); 0: disk
 
     # Requests
     max_concurrent_requests: int = Field(100, ge=1)
@@ -83,15 +86,14 @@ class Settings(BaseModel):
     max_output_tokens: int = Field(0, ge=0)  # max_tokens cap (and default); 0: the context
     cors_origins: str = ""  # comma-separated origins allowed by browsers, or *; empty: off
 
-    # Run mode. multi_instance is single with MAX_CONCURRENT_MODELS > 1 (one
-    # process, several models); load_balance: one entry point in front of
-    # local instances and remote upstreams (docs/cluster.md)
+    # Run mode. multi_instance: one process keeping several models resident
+    # (MAX_CONCURRENT_MODELS defaults to MULTI_INSTANCE_MODELS then); load_balance:
+    # one entry point in front of local instances and remote upstreams (docs/cluster.md)
     inference_mode: Literal["single", "multi_instance", "load_balance"] = "single"
     cluster_instances: int = Field(2, ge=0)  # local instances started at launch
     cluster_base_port: int = Field(0, ge=0, le=65535)  # first instance's port; 0: PORT + 1
     cluster_upstreams: str = ""  # "http://host-a:8000 weight=2 api_key=..., http://host-b:8000"
-    load_balance_strategy: Literal["round_robin", "least_connections", "weighted", "random",
-                                   "response_time"] = "round_robin"
+    load_balance_strategy: Strategy = Strategy.ROUND_ROBIN
     health_check_interval: float = Field(30.0, gt=0)  # seconds between active checks
     instance_start_timeout: float = Field(300.0, gt=0)  # a local instance must be healthy by then
     auto_scaling: bool = False
@@ -109,6 +111,14 @@ class Settings(BaseModel):
     log_retention_days: int = Field(14, ge=1)
     log_prompts: bool = False  # put prompt text in api_requests.log
     metrics_interval: float = Field(60.0, ge=0)  # seconds between system_metrics.log samples; 0: off
+
+    @model_validator(mode="before")
+    @classmethod
+    def _multi_instance_models(cls, data: Any) -> Any:
+        mode = str(data.get("inference_mode", "")).strip().lower() if isinstance(data, dict) else ""
+        if mode == "multi_instance" and "max_concurrent_models" not in data:
+            data = {**data, "max_concurrent_models": MULTI_INSTANCE_MODELS}
+        return data
 
     @field_validator("inference_engine", "device_type", mode="before")
     @classmethod

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..core.inference_engine import ModelState
+from .names import ModelState
 
 PREFIX = "vllm_obtain"
-MODEL_STATES = tuple(ModelState)
+MODEL_STATES = tuple(s for s in ModelState if s != ModelState.DOWNLOADING)  # a loaded model's
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
 _TPOT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1)
@@ -48,7 +48,7 @@ class _ModelCollector(Collector):
         for m in models:
             for s in MODEL_STATES:
                 state.add_metric([m["id"], s], 1.0 if m["state"] == s else 0.0)
-            if m["state"] == "ready":
+            if m["state"] == ModelState.READY:
                 running.add_metric([m["id"]], m.get("requests_running", 0))
                 waiting.add_metric([m["id"]], m.get("requests_waiting", 0))
                 rate.add_metric([m["id"]], m.get("tokens_per_second", 0.0))
@@ -145,7 +145,7 @@ class ServiceMetrics:
     # the JSON view ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         models = self._snapshot()
-        ready = [m for m in models if m["state"] == "ready"]
+        ready = [m for m in models if m["state"] == ModelState.READY]
         completed = _sum(self.latency, "_count")
         return {
             "uptime_seconds": round(time.time() - self.started, 1),

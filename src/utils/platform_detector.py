@@ -18,9 +18,8 @@ from typing import Iterable, Optional
 
 import psutil
 
-# The Python module each engine needs, and the device it runs on.
-ENGINE_MODULES = {"vllm": "vllm", "mlx": "mlx_lm", "llama_cpp": "llama_cpp"}
-DEVICE_ENGINES = {"cuda": "vllm", "mps": "mlx", "cpu": "llama_cpp"}
+from .names import DEVICE_ENGINE, ENGINE_DEVICE, ENGINE_MODULE, Device, Engine
+
 _INTERESTING_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni",
                           "amx_tile", "neon", "asimd", "sve")
 
@@ -62,7 +61,7 @@ class EngineChoice:
 
 
 def engine_installed(engine: str) -> bool:
-    module = ENGINE_MODULES.get(engine)
+    module = ENGINE_MODULE.get(engine)
     return bool(module) and importlib.util.find_spec(module) is not None
 
 
@@ -134,13 +133,13 @@ def detect_platform() -> PlatformInfo:
         memory_available_gb=round(mem.available / 2**30, 1),
         apple_silicon=sys.platform == "darwin" and platform.machine() == "arm64",
         cuda_gpus=detect_cuda_gpus(),
-        engines_installed={name: engine_installed(name) for name in ENGINE_MODULES},
+        engines_installed={str(name): engine_installed(name) for name in Engine},
     )
 
 
 def choose_engine(info: PlatformInfo, inference_engine: str = "auto",
                   device_type: str = "auto",
-                  usable: Iterable[str] = tuple(ENGINE_MODULES)) -> EngineChoice:
+                  usable: Iterable[str] = tuple(Engine)) -> EngineChoice:
     """INFERENCE_ENGINE wins, then DEVICE_TYPE, then the hardware.
 
     A forced engine is returned as is (the caller checks it is installed);
@@ -148,23 +147,26 @@ def choose_engine(info: PlatformInfo, inference_engine: str = "auto",
     not in `usable` (the engines this version implements).
     """
     if inference_engine != "auto":
-        device = {"vllm": "cuda", "mlx": "mps"}.get(inference_engine, "cpu")
-        if device_type != "auto":
-            device = device_type
-        return EngineChoice(inference_engine, device, "INFERENCE_ENGINE", True)
+        engine = Engine(inference_engine)
+        device = Device(device_type) if device_type != "auto" else ENGINE_DEVICE[engine]
+        return EngineChoice(engine, device, "INFERENCE_ENGINE", True)
     if device_type != "auto":
-        return EngineChoice(DEVICE_ENGINES[device_type], device_type, "DEVICE_TYPE", True)
+        return EngineChoice(DEVICE_ENGINE[Device(device_type)], Device(device_type),
+                            "DEVICE_TYPE", True)
     if info.has_cuda:
-        preferred, device, why = "vllm", "cuda", f"CUDA GPU found ({info.cuda_gpus[0].name})"
+        preferred, device, why = Engine.VLLM, Device.CUDA, \
+            f"CUDA GPU found ({info.cuda_gpus[0].name})"
     elif info.apple_silicon:
-        preferred, device, why = "mlx", "mps", "Apple Silicon"
+        preferred, device, why = Engine.MLX, Device.MPS, "Apple Silicon"
     else:
-        return EngineChoice("llama_cpp", "cpu", "no CUDA GPU or Apple Silicon: CPU engine", False)
+        return EngineChoice(Engine.LLAMA_CPP, Device.CPU,
+                            "no CUDA GPU or Apple Silicon: CPU engine", False)
     if info.engines_installed.get(preferred) and preferred in set(usable):
         return EngineChoice(preferred, device, why, False)
     missing = "is not installed" if not info.engines_installed.get(preferred) else \
         "is not supported by this version"
-    return EngineChoice("llama_cpp", "cpu", f"{why}, but {preferred} {missing}: CPU engine", False)
+    return EngineChoice(Engine.LLAMA_CPP, Device.CPU,
+                        f"{why}, but {preferred} {missing}: CPU engine", False)
 
 
 def format_report(info: PlatformInfo, choice: EngineChoice) -> str:

@@ -11,12 +11,12 @@ from typing import Any, Iterator, Optional
 from flask import Blueprint, Request, jsonify, request
 
 from ...core.exceptions import NotFoundError, ServiceError
-from .. import errors
+from .. import errors, extensions as ext
 from ..generation import Job, chat_prompt, collect_replies, job_deltas, run_stream
 from ..reply import Reasoning, ReplySummary
 from ..request_parsing import query_int, validate_as
 from ..schemas import ChatCompletionRequest
-from ..serving import event_stream, manager, request_timeout, start_chat_job, with_model
+from ..serving import event_stream, request_timeout, start_chat_job, with_model
 from ..tool_calls import Arguments, CallStart, Content
 from ..spec import SSE, accepts, responds
 from .protocol import (CountTokensRequest, AnthropicError, MessageAnswer, MessagesRequest,
@@ -46,10 +46,10 @@ def models_in_anthropic_shape():
     if request.method != "GET" or "anthropic-version" not in request.headers:
         return None
     if request.path == MODELS_PATH:
-        return jsonify(_model_page([model_info(m) for m in manager().describe()]))
+        return jsonify(_model_page([model_info(m) for m in ext.model_manager().describe()]))
     rule = request.url_rule.rule if request.url_rule is not None else ""
     if rule == MODELS_PATH + "/<model_id:model_id>":
-        return jsonify(model_info(manager().describe(request.view_args["model_id"])[0]))
+        return jsonify(model_info(ext.model_manager().describe(request.view_args["model_id"])[0]))
     return None
 
 
@@ -103,7 +103,7 @@ def count_tokens(req: CountTokensRequest):
     chat = validate_as(ChatCompletionRequest, {
         "model": req.model, "messages": chat_messages(req), **chat_tools(req),
         **thinking_kwargs(req)})
-    with manager().acquire(with_model(chat).model, request_timeout()) as lease:
+    with ext.model_manager().acquire(with_model(chat).model, request_timeout()) as lease:
         _, _, ids = chat_prompt(lease.engine, chat)
     return jsonify({"input_tokens": len(ids)})
 

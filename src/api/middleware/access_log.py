@@ -13,6 +13,7 @@ from typing import Any, Optional
 from flask import Flask, Response, current_app, g, request
 
 from ...utils.logger import logger
+from .. import extensions as ext
 
 access_log = logger.bind(channel="request")
 
@@ -23,10 +24,10 @@ def install(app: Flask) -> None:
         entry = _entry(response)
         if response.is_streamed:
             trace = g.get("trace")
-            metrics = current_app.extensions["metrics"]
+            metrics = ext.metrics()
             response.call_on_close(lambda: _write(entry, trace, metrics))
         else:
-            _write(entry, g.get("trace"), current_app.extensions["metrics"])
+            _write(entry, g.get("trace"), ext.metrics())
         return response
 
 

@@ -24,6 +24,7 @@ from flask import Flask, current_app, g, request
 from ...core.exceptions import AuthenticationError, PermissionDeniedError
 from ...utils.config import Settings
 from ...utils.logger import logger
+from .. import extensions as ext
 from ..spec import is_public
 
 
@@ -52,7 +53,7 @@ def admin_only(view: Callable) -> Callable:
 def require_admin() -> None:
     """For what only some requests of a route may do (Ollama's /api/pull
     downloading a model): with ADMIN_API_KEY set, only that key may."""
-    ring = current_app.extensions["keys"]
+    ring = ext.keys()
     if ring.enabled and ring.has_admin_key and g.get("role") != "admin":
         raise PermissionDeniedError("Downloading a model needs the admin key (ADMIN_API_KEY).")
 
@@ -143,7 +144,7 @@ def _is_admin_route() -> bool:
 
 def install(app: Flask, settings: Settings) -> KeyRing:
     ring = KeyRing(settings)
-    app.extensions["keys"] = ring
+    ext.keys.install(app, ring)
     warning = open_access_warning(settings, ring)
     if warning:
         logger.warning("SECURITY: {}", warning)

@@ -21,6 +21,7 @@ from flask import Flask, Response, current_app, g, request
 
 from ...core.exceptions import RateLimitError
 from ...utils.config import Settings
+from .. import extensions as ext
 from ..generation import Settle
 from ..spec import is_public
 
@@ -149,7 +150,7 @@ def _limited() -> bool:
 
 def token_reservation() -> Callable[[int], Settle]:
     """For the request in progress: reserve its tokens, get its settle function."""
-    limiter: RateLimiter = current_app.extensions["rate_limiter"]
+    limiter = ext.rate_limiter()
     client = g.get("client", "")
     return lambda tokens: limiter.reserve_tokens(client, tokens)
 
@@ -158,7 +159,7 @@ def install(app: Flask, settings: Settings, count_tokens: bool = True) -> Option
     """`count_tokens=False`: requests only (the load-balanced entry point
     counts requests; the instances behind it, which see the tokens, count those)."""
     limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm if count_tokens else 0)
-    app.extensions["rate_limiter"] = limiter
+    ext.rate_limiter.install(app, limiter)
     if not (limiter.rpm or limiter.tpm):
         return limiter
 

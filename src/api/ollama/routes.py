@@ -17,15 +17,16 @@ from flask import Blueprint, Request, Response, jsonify, stream_with_context
 from ... import __version__
 from ...core.exceptions import (ClientDisconnectedError, ConflictError, ServiceError,
                                 UnsupportedFeatureError)
-from .. import errors
+from ...utils.names import ModelState
+from .. import errors, extensions as ext
 from ..generation import Job, collect_replies, job_deltas, run_stream
 from ..middleware.auth import admin_only
 from ..middleware.rate_limit import token_reservation
-from ..pulling import pulls, start_pull
+from ..pulling import start_pull
 from ..reply import Reasoning, ReplySummary
 from ..request_parsing import validate_as
 from ..schemas import ChatCompletionRequest, PullModelRequest
-from ..serving import manager, request_timeout, start_chat_job
+from ..serving import request_timeout, start_chat_job
 from ..spec import NDJSON, accepts, responds
 from ..tool_calls import Content
 from .protocol import (ChatAnswer, ChatRequest, EmbedAnswer, EmbedRequest, OllamaError,
@@ -48,7 +49,7 @@ errors.register_error_shape(claims, render_error, OllamaError)
 
 
 def _describe(name: str) -> dict[str, Any]:
-    return manager().describe(model_id(name))[0]
+    return ext.model_manager().describe(model_id(name))[0]
 
 
 def _details(info: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def version():
 @responds(Tags)
 def tags():
     """Every model this server knows, loaded or not."""
-    return jsonify({"models": [_tag(info) for info in manager().describe()]})
+    return jsonify({"models": [_tag(info) for info in ext.model_manager().describe()]})
 
 
 @bp.get("/api/ps")
@@ -90,8 +91,8 @@ def tags():
 def running_models():
     """The models loaded now."""
     models = []
-    for info in manager().describe():
-        if info["state"] == "ready":
+    for info in ext.model_manager().describe():
+        if info["state"] == ModelState.READY:
             models.append({**_tag(info), "expires_at": _iso(info["expires_at"] or NEVER),
                            "size_vram": 0})
     return jsonify({"models": models})
@@ -184,11 +185,11 @@ def _serve(req: Any, empty: bool, body: Callable[[], dict[str, Any]], endpoint: 
     keep = keep_alive_seconds(req.keep_alive)
     if empty and keep == 0:  # Ollama: nothing to answer and keep_alive 0 unloads
         name = model_id(req.model)
-        if name != manager().default_model_id:
-            manager().unload(name)
+        if name != ext.model_manager().default_model_id:
+            ext.model_manager().unload(name)
         return jsonify({**wrap("", None, None, True), "done_reason": "unload"})
     if empty:  # nothing to answer: the model is only loaded
-        with manager().acquire(model_id(req.model), request_timeout()) as lease:
+        with ext.model_manager().acquire(model_id(req.model), request_timeout()) as lease:
             lease.keep_for(keep)
         return jsonify({**wrap("", None, None, True), "done_reason": "load"})
     job, deadline = start_chat_job(validate_as(ChatCompletionRequest, body()), endpoint)
@@ -238,10 +239,10 @@ def pull(req: PullRequest):
     if reference is not None:
         return _pull_from_hub(reference, req.stream)
     name = model_id(req.id)
-    manager().describe(name)  # 404 for a model this server does not know
+    ext.model_manager().describe(name)  # 404 for a model this server does not know
 
     def load() -> None:
-        with manager().acquire(name, request_timeout()):
+        with ext.model_manager().acquire(name, request_timeout()):
             pass
 
     if not req.stream:
@@ -271,7 +272,7 @@ def _pull_from_hub(reference: HubReference, stream: bool):
             raise
         pull = None  # pulled before: nothing to fetch
     if not stream:
-        final = list(pulls().follow(reference.local_id))[-1] if pull else None
+        final = list(ext.model_pulls().follow(reference.local_id))[-1] if pull else None
         if final and final["status"] != "success":
             return jsonify({"error": final["error"] or f"pull {final['status']}"}), 500
         return jsonify({"status": "success"})
@@ -279,7 +280,7 @@ def _pull_from_hub(reference: HubReference, stream: bool):
     def lines() -> Iterator[str]:
         yield json.dumps({"status": "pulling manifest"}) + "\n"
         final = None
-        for final in (pulls().follow(reference.local_id) if pull else []):
+        for final in (ext.model_pulls().follow(reference.local_id) if pull else []):
             file = final["files"][0] if final["files"] else {}
             yield json.dumps({"status": f"pulling {final['current_file'] or file.get('path')}",
                               "digest": f"sha256:{file.get('sha256') or ''}",
@@ -300,12 +301,12 @@ def _pull_from_hub(reference: HubReference, stream: bool):
 def delete(req: ModelRequest):
     """The model is unloaded and a load request's registration forgotten; the
     weights stay on disk (this server never deletes model files)."""
-    manager().unload(model_id(req.id), forget=True)
+    ext.model_manager().unload(model_id(req.id), forget=True)
     return Response(status=200)
 
 
 def _embed(model: str, inputs: list[str]) -> tuple[list[list[float]], int]:
-    with manager().acquire(model_id(model), request_timeout()) as lease:
+    with ext.model_manager().acquire(model_id(model), request_timeout()) as lease:
         engine = lease.engine
         if not engine.capabilities.embeddings:
             raise UnsupportedFeatureError(f"Model '{lease.model_id}' cannot compute "

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 
 from ...core.exceptions import InvalidRequestError
+from ...utils.names import ModelState
 from ..schemas import MAX_EMBEDDING_INPUTS, ChatMessage, _Lenient, inputs_of
 from ..spec import Answer
 
@@ -59,7 +60,7 @@ class ModelObject(Answer):
     object: Literal["model"]
     created: int
     owned_by: str
-    state: Literal["unloaded", "loading", "ready", "unloading", "error"]
+    state: ModelState
     error: Optional[str] = None
 
 

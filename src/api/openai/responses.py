@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, Optional
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from ...core.exceptions import InvalidRequestError, NotFoundError, ServiceError
-from ...core.response_store import ResponseStore
+from .. import extensions as ext
 from ..generation import Job, collect_replies, job_deltas, run_stream
 from ..middleware.auth import key_owner
 from ..reply import Reasoning, ReplySummary
@@ -29,10 +29,6 @@ from .responses_protocol import (INCLUDE_LOGPROBS, DeletedResponse, InputItemLis
 bp = Blueprint("responses", __name__)
 
 
-def store() -> ResponseStore:
-    return current_app.extensions["response_store"]
-
-
 class _Turn:
     """One create request: the request, the conversation it continues, and
     the chat request the serving core runs for it."""
@@ -42,7 +38,7 @@ class _Turn:
         self.owner = key_owner()
         inherited: list[dict[str, Any]] = []
         if req.previous_response_id:
-            previous = store().get(self.owner, req.previous_response_id)
+            previous = ext.response_store().get(self.owner, req.previous_response_id)
             if previous is None:
                 raise NotFoundError(f"Previous response with id '{req.previous_response_id}' "
                                     f"not found.", param="previous_response_id")
@@ -104,7 +100,7 @@ class _Turn:
 
     def keep(self, response: dict[str, Any]) -> None:
         if self.req.store:
-            store().save(self.owner, response, self.conversation)
+            ext.response_store().save(self.owner, response, self.conversation)
 
     def want_logprobs(self) -> bool:
         return self.chat.logprobs
@@ -131,7 +127,7 @@ def create_response(req: ResponsesRequest):
 
 
 def _stored(response_id: str):
-    found = store().get(key_owner(), response_id)
+    found = ext.response_store().get(key_owner(), response_id)
     if found is None:
         raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
     return found
@@ -151,7 +147,7 @@ def retrieve_response(response_id: str):
 @bp.delete("/responses/<response_id>")
 @responds(DeletedResponse)
 def delete_response(response_id: str):
-    if not store().delete(key_owner(), response_id):
+    if not ext.response_store().delete(key_owner(), response_id):
         raise NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
     return jsonify({"id": response_id, "object": "response", "deleted": True})
 

@@ -11,10 +11,11 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from ...core.exceptions import InvalidRequestError, UnsupportedFeatureError
+from .. import extensions as ext
 from ..generation import start_completion
 from ..middleware.rate_limit import token_reservation
 from ..schemas import ChatCompletionRequest, CompletionRequest
-from ..serving import (cap_output, event_stream, manager, new_caller, request_timeout,
+from ..serving import (cap_output, event_stream, new_caller, request_timeout,
                        start_chat_job, with_model)
 from ..spec import accepts, responds, sse
 from .protocol import (ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk,
@@ -47,13 +48,13 @@ def list_models():
     """Every model this server knows, loaded or not (Anthropic's shape for
     requests with an anthropic-version header)."""
     return jsonify({"object": "list",
-                    "data": [_model_object(info) for info in manager().describe()]})
+                    "data": [_model_object(info) for info in ext.model_manager().describe()]})
 
 
 @bp.get("/v1/models/<model_id:model_id>")
 @responds(ModelObject)
 def get_model(model_id: str):
-    return jsonify(_model_object(manager().describe(model_id)[0]))
+    return jsonify(_model_object(ext.model_manager().describe(model_id)[0]))
 
 
 @bp.post("/v1/chat/completions")
@@ -73,7 +74,7 @@ def chat_completions(req: ChatCompletionRequest):
 @accepts(CompletionRequest)
 def completions(req: CompletionRequest):
     cap_output(with_model(req))
-    lease = manager().acquire(req.model, request_timeout())
+    lease = ext.model_manager().acquire(req.model, request_timeout())
     deadline = time.monotonic() + request_timeout()
     job = start_completion(lease, req, new_caller(lease.model_id, "completions", req))
     prompts = [p if isinstance(p, str) else job.engine.detokenize(p) for p in req.prompts()]
@@ -88,7 +89,7 @@ def completions(req: CompletionRequest):
 def tokenize(req: TokenizeRequest):
     """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template."""
     with_model(req)
-    with manager().acquire(req.model, request_timeout()) as lease:
+    with ext.model_manager().acquire(req.model, request_timeout()) as lease:
         engine = lease.engine
         if req.messages is not None:
             text = engine.render_chat([m.for_template() for m in req.messages],
@@ -105,8 +106,8 @@ def tokenize(req: TokenizeRequest):
 def tokenizer_info():
     """vLLM's /tokenizer_info (what lm-eval's remote tokenizer reads): the
     tokenizer's settings and chat template; `?model=` picks a model."""
-    name = request.args.get("model") or manager().default_model_id
-    with manager().acquire(name, request_timeout()) as lease:
+    name = request.args.get("model") or ext.model_manager().default_model_id
+    with ext.model_manager().acquire(name, request_timeout()) as lease:
         return jsonify(lease.engine.tokenizer_info())
 
 
@@ -115,7 +116,7 @@ def tokenizer_info():
 @accepts(DetokenizeRequest)
 def detokenize(req: DetokenizeRequest):
     with_model(req)
-    with manager().acquire(req.model, request_timeout()) as lease:
+    with ext.model_manager().acquire(req.model, request_timeout()) as lease:
         return jsonify({"prompt": lease.engine.detokenize(req.tokens)})
 
 
@@ -125,7 +126,7 @@ def detokenize(req: DetokenizeRequest):
 @accepts(EmbeddingRequest)
 def embeddings(req: EmbeddingRequest):
     with_model(req)
-    with manager().acquire(req.model, request_timeout()) as lease:
+    with ext.model_manager().acquire(req.model, request_timeout()) as lease:
         engine = lease.engine
         if not engine.capabilities.embeddings:
             raise UnsupportedFeatureError(f"Model '{lease.model_id}' cannot compute embeddings.",

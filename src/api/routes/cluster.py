@@ -2,12 +2,11 @@
 status, scaling, strategy, restarts, and remote upstreams joining and leaving."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
 from ...core.exceptions import InvalidRequestError, NotFoundError
-from ...core.load_balancer import LoadBalancer
-from ...utils.cluster_manager import ClusterManager
 from ...utils.config import make_upstream
+from .. import extensions as ext
 from ..middleware.auth import admin_only
 from ..schemas import (ClusterChange, ClusterRestartRequest, ClusterScaleRequest,
                        ClusterStrategyRequest, ClusterUpstreamRequest, Deleted)
@@ -16,20 +15,12 @@ from ..spec import accepts, responds
 bp = Blueprint("cluster", __name__)
 
 
-def _cluster() -> ClusterManager:
-    return current_app.extensions["cluster"]
-
-
-def _balancer() -> LoadBalancer:
-    return current_app.extensions["balancer"]
-
-
 @bp.get("/v1/cluster/status")
 @admin_only
 @responds(ClusterChange)
 def cluster_status():
     """Every instance: health, load, latency, CPU and memory."""
-    return jsonify(_cluster().status(_balancer().strategy))
+    return jsonify(ext.cluster().status(ext.balancer().strategy))
 
 
 @bp.post("/v1/cluster/scale")
@@ -39,7 +30,7 @@ def cluster_status():
 def scale(req: ClusterScaleRequest):
     """Add or remove local instances (removed ones finish their requests first)."""
     try:
-        return jsonify(_cluster().scale(req.action, req.count))
+        return jsonify(ext.cluster().scale(req.action, req.count))
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="count") from None
 
@@ -50,7 +41,7 @@ def scale(req: ClusterScaleRequest):
 @accepts(ClusterStrategyRequest)
 def set_strategy(req: ClusterStrategyRequest):
     """Switch the load-balancing strategy."""
-    previous = _balancer().set_strategy(req.strategy)
+    previous = ext.balancer().set_strategy(req.strategy)
     return jsonify({"strategy": req.strategy, "previous_strategy": previous})
 
 
@@ -61,7 +52,7 @@ def set_strategy(req: ClusterStrategyRequest):
 def restart(req: ClusterRestartRequest):
     """Restart a local instance: drained first, then started again."""
     try:
-        return jsonify(_cluster().restart(req.instance_id))
+        return jsonify(ext.cluster().restart(req.instance_id))
     except KeyError:
         raise NotFoundError(f"No instance '{req.instance_id}'.", param="instance_id") from None
     except ValueError as exc:
@@ -78,7 +69,7 @@ def add_upstream(req: ClusterUpstreamRequest):
         spec = make_upstream(req.url, req.weight, req.api_key)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="url") from None
-    return jsonify(_cluster().add_upstream(spec).describe()), 201
+    return jsonify(ext.cluster().add_upstream(spec).describe()), 201
 
 
 @bp.delete("/v1/cluster/upstreams/<instance_id>")
@@ -87,7 +78,7 @@ def add_upstream(req: ClusterUpstreamRequest):
 def remove_upstream(instance_id: str):
     """A remote upstream leaves."""
     try:
-        _cluster().remove_upstream(instance_id)
+        ext.cluster().remove_upstream(instance_id)
     except KeyError:
         raise NotFoundError(f"No instance '{instance_id}'.") from None
     except ValueError as exc:

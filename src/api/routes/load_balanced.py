@@ -15,9 +15,10 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from ... import __version__
 from ...core.exceptions import BadGatewayError, ModelNotFoundError, ServiceUnavailableError
-from ...core.load_balancer import LoadBalancer
-from ...utils.cluster_manager import ClusterManager, Instance
-from ...utils.metrics import ADDITIVE_FIGURES, ServiceMetrics, system_figures
+from ...utils.cluster_manager import Instance
+from ...utils.metrics import ADDITIVE_FIGURES, system_figures
+from ...utils.names import ModelState
+from .. import extensions as ext
 from ..middleware.auth import admin_only
 from ..request_parsing import read_body
 from ..upstream_proxy import Answer, Outgoing, call_each, forward, model_of
@@ -34,15 +35,9 @@ RELAYED = {"/v1/chat/completions": "chat_completions", "/v1/completions": "compl
            "/embeddings": "embeddings_legacy", "/v1/responses": "create_response",
            "/responses": "create_response_legacy", "/tokenize": "tokenize",
            "/detokenize": "detokenize", "/generate": "generate"}
-STATE_RANK = {"ready": 0, "loading": 1, "unloading": 2, "unloaded": 3, "error": 4}
-
-
-def _cluster() -> ClusterManager:
-    return current_app.extensions["cluster"]
-
-
-def _balancer() -> LoadBalancer:
-    return current_app.extensions["balancer"]
+# which instance's word on a model counts when they differ: the most available
+STATE_RANK = {ModelState.READY: 0, ModelState.LOADING: 1, ModelState.UNLOADING: 2,
+              ModelState.UNLOADED: 3, ModelState.ERROR: 4}
 
 
 def _read_timeout() -> float:
@@ -57,7 +52,7 @@ def relay(**path_args: Any):
     query = request.query_string.decode("latin-1")
     out = Outgoing(request.method, request.path + (f"?{query}" if query else ""), body,
                    dict(request.headers), model, _read_timeout())
-    return forward(_balancer(), out, dict(request.headers), g.request_id, request.remote_addr,
+    return forward(ext.balancer(), out, dict(request.headers), g.request_id, request.remote_addr,
                    request.environ)
 
 
@@ -76,7 +71,7 @@ def _each(instances: list[Instance], method: str, path: str, body: bytes = b"",
 
 
 def _merged_models() -> list[dict[str, Any]]:
-    instances = [i for i in _cluster().instances() if i.routable]
+    instances = [i for i in ext.cluster().instances() if i.routable]
     if not instances:
         raise ServiceUnavailableError("No healthy instance to list the models of.",
                                       headers={"Retry-After": "5"})
@@ -87,12 +82,12 @@ def _merged_models() -> list[dict[str, Any]]:
         if answer.status != 200 or not isinstance(answer.body, dict):
             continue
         models = [m for m in answer.body.get("data") or [] if isinstance(m, dict) and "id" in m]
-        by_id[inst_id].models = {m["id"]: m.get("state", "ready") for m in models}
+        by_id[inst_id].models = {m["id"]: m.get("state", ModelState.READY) for m in models}
         for model in models:
             entry = merged.setdefault(model["id"], {**model, "instances": []})
             entry["instances"].append(inst_id)
-            if STATE_RANK.get(model.get("state", "ready"), 5) < \
-                    STATE_RANK.get(entry.get("state", "ready"), 5):
+            if STATE_RANK.get(model.get("state", ModelState.READY), 5) < \
+                    STATE_RANK.get(entry.get("state", ModelState.READY), 5):
                 entry["state"] = model["state"]
     if all(a.status != 200 for a in answers.values()):
         first = next(iter(answers.values()))
@@ -120,7 +115,7 @@ def get_model(model_id: str):
 def _manage(path: str, model: str, remember: bool):
     """Load or unload on every healthy local instance; the answer of the first
     that failed (else of the first), with each instance's status."""
-    cluster = _cluster()
+    cluster = ext.cluster()
     instances = [i for i in cluster.locals() if i.routable]
     if not instances:
         raise ServiceUnavailableError("No healthy local instance to manage models on.",
@@ -173,9 +168,10 @@ def delete_model(model_id: str):
 @responds(ClusterHealth, status=503, description="No instance takes requests")
 def health():
     """200 while at least one instance takes requests."""
-    instances = _cluster().instances()
+    instances = ext.cluster().instances()
     healthy = [i for i in instances if i.routable]
-    ready = sorted({m for i in healthy for m, state in i.models.items() if state == "ready"})
+    ready = sorted({m for i in healthy for m, state in i.models.items()
+                    if state == ModelState.READY})
     body = {"status": "healthy" if healthy else "unavailable", "mode": "load_balance",
             "healthy_instances": len(healthy), "total_instances": len(instances),
             "models_ready": ready}
@@ -188,7 +184,7 @@ def system_status():
     settings = current_app.config["SETTINGS"]
     return jsonify({"status": "ok", "version": __version__, "mode": "load_balance",
                     "uptime_seconds": round(time.time() - current_app.config["STARTED_AT"], 1),
-                    "cluster": _cluster().status(_balancer().strategy),
+                    "cluster": ext.cluster().status(ext.balancer().strategy),
                     "security": system.security_summary(settings)})
 
 
@@ -216,11 +212,11 @@ def _summed_inference(instances: list[Instance]) -> dict[str, Any]:
 @bp.get("/v1/system/metrics")
 @responds(SystemMetrics)
 def system_metrics():
-    metrics: ServiceMetrics = current_app.extensions["metrics"]
-    instances = _cluster().instances()
+    metrics = ext.metrics()
+    instances = ext.cluster().instances()
     return jsonify({"timestamp": time.time(), "system": system_figures(),
                     "balancer": {"uptime_seconds": round(time.time() - metrics.started, 1),
-                                 "strategy": _balancer().strategy},
+                                 "strategy": ext.balancer().strategy},
                     "inference": _summed_inference(instances),
                     "instances": [i.describe() for i in instances]})
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from ...core.exceptions import InvalidRequestError, ModelNotFoundError
-from ...core.model_manager import ModelManager
+from ...utils.names import ModelState
+from .. import extensions as ext
 from ..middleware.auth import admin_only
 from ..pulling import downloading
 from ..schemas import DeletedModel, Health, LoadModelRequest, ModelInfo
@@ -13,22 +14,20 @@ from ..spec import accepts, public, responds
 bp = Blueprint("management", __name__)
 
 
-def _manager() -> ModelManager:
-    return current_app.extensions["model_manager"]
-
-
 @bp.get("/health")
 @public
 @responds(Health)
 @responds(Health, status=503, description="No model is ready")
 def health():
     """Liveness for load balancers: 200 while at least one model is ready."""
-    mgr = _manager()
+    mgr = ext.model_manager()
     states = mgr.states()
-    ready = [mid for mid, (state, _) in states.items() if state == "ready"]
+    ready = [mid for mid, (state, _) in states.items() if state == ModelState.READY]
     body = {"status": "healthy" if ready else "unavailable", "models_ready": ready,
-            "models_loading": [mid for mid, (state, _) in states.items() if state == "loading"],
-            "model_errors": {mid: err for mid, (state, err) in states.items() if state == "error"},
+            "models_loading": [mid for mid, (state, _) in states.items()
+                               if state == ModelState.LOADING],
+            "model_errors": {mid: err for mid, (state, err) in states.items()
+                             if state == ModelState.ERROR},
             "default_model": mgr.default_model_id}
     return jsonify(body), 200 if ready else 503
 
@@ -39,17 +38,17 @@ def health():
 @responds(ModelInfo, status=202, description="Still loading: poll its status")
 @accepts(LoadModelRequest)
 def load_model(req: LoadModelRequest):
-    info = _manager().load(req.model_name, req.model_path, req.engine_type, req.settings(),
+    info = ext.model_manager().load(req.model_name, req.model_path, req.engine_type, req.settings(),
                            timeout=current_app.config["SETTINGS"].request_timeout)
     # still loading after the timeout: accepted, poll its status
-    return jsonify(info), 202 if info["state"] == "loading" else 200
+    return jsonify(info), 202 if info["state"] == ModelState.LOADING else 200
 
 
 @bp.delete("/v1/models/<model_id:model_id>/unload")
 @admin_only
 @responds(ModelInfo)
 def unload_model(model_id: str):
-    return jsonify(_manager().unload(model_id, _drain_timeout()))
+    return jsonify(ext.model_manager().unload(model_id, _drain_timeout()))
 
 
 @bp.delete("/v1/models/<model_id:model_id>")
@@ -57,7 +56,7 @@ def unload_model(model_id: str):
 @responds(DeletedModel)
 def delete_model(model_id: str):
     """Unload, and forget a model that a load request registered."""
-    _manager().unload(model_id, _drain_timeout(), forget=True)
+    ext.model_manager().unload(model_id, _drain_timeout(), forget=True)
     return jsonify({"id": model_id, "object": "model", "deleted": True})
 
 
@@ -66,7 +65,7 @@ def delete_model(model_id: str):
 def model_status(model_id: str):
     """A model's state and figures; a model still being pulled is `downloading`."""
     try:
-        return jsonify(_manager().describe(model_id)[0])
+        return jsonify(ext.model_manager().describe(model_id)[0])
     except ModelNotFoundError:
         pulled = downloading(model_id)
         if pulled is None:

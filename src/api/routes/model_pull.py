@@ -11,8 +11,9 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from ...core.exceptions import NotFoundError
 from ...core.model_pull import Pull
+from .. import extensions as ext
 from ..middleware.auth import admin_only
-from ..pulling import pulls, start_pull
+from ..pulling import start_pull
 from ..schemas import PullInfo, PullList, PullModelRequest
 from ..spec import accepts, responds, sse
 
@@ -35,7 +36,7 @@ def pull_model(req: PullModelRequest):
 @responds(PullList)
 def list_pulls():
     """This process's pulls, the newest first: those under way and those that ended."""
-    return jsonify({"object": "list", "data": [p.snapshot() for p in pulls().all()]})
+    return jsonify({"object": "list", "data": [p.snapshot() for p in ext.model_pulls().all()]})
 
 
 @bp.get("/v1/models/pull/<model_id:model_id>")
@@ -52,7 +53,7 @@ def pull_status(model_id: str):
 @admin_only
 @responds(PullInfo)
 def cancel_pull(model_id: str):
-    pull = pulls().cancel(model_id) or _pull(model_id)
+    pull = ext.model_pulls().cancel(model_id) or _pull(model_id)
     deadline = time.monotonic() + 10.0  # the transfer stops at its next chunk
     while pull.active and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -60,7 +61,7 @@ def cancel_pull(model_id: str):
 
 
 def _pull(model_id: str) -> Pull:
-    pull = pulls().get(model_id)
+    pull = ext.model_pulls().get(model_id)
     if pull is None:
         raise NotFoundError(f"No pull of '{model_id}' was started on this server.",
                             code="pull_not_found")
@@ -69,7 +70,7 @@ def _pull(model_id: str) -> Pull:
 
 def _events(pull: Pull) -> Response:
     def lines() -> Iterator[str]:
-        for snapshot in pulls().follow(pull.plan.model_id):
+        for snapshot in ext.model_pulls().follow(pull.plan.model_id):
             yield f"data: {json.dumps(snapshot)}\n\n"
         yield "data: [DONE]\n\n"
 

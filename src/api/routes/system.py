@@ -11,9 +11,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from ... import __version__
 from ...core.exceptions import InvalidRequestError, ServiceError
 from ...core.inference_engine import GenerationRequest, SamplingParams
-from ...core.model_manager import ModelManager
 from ...utils.logger import LOG_FILES, recent_logs
-from ...utils.metrics import ServiceMetrics, system_figures
+from ...utils.metrics import system_figures
+from .. import extensions as ext
 from ..middleware.auth import admin_only, open_access_warning
 from ..request_parsing import query_int
 from ..schemas import DeepHealth, LogLines, OpenAPIDocument, SystemMetrics, SystemStatus
@@ -24,26 +24,18 @@ PROBE_TIMEOUT = 30.0  # seconds one model may take to answer the health probe
 _LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
-def _manager() -> ModelManager:
-    return current_app.extensions["model_manager"]
-
-
-def _metrics() -> ServiceMetrics:
-    return current_app.extensions["metrics"]
-
-
 @bp.get("/v1/system/status")
 @responds(SystemStatus)
 def system_status():
     settings = current_app.config["SETTINGS"]
-    platform = current_app.extensions["platform"]
+    platform = ext.platform()
     return jsonify({
         "status": "ok", "version": __version__,
         "uptime_seconds": round(time.time() - current_app.config["STARTED_AT"], 1),
         "platform": platform["info"], "engine": platform["choice"],
-        "default_model": _manager().default_model_id,
+        "default_model": ext.model_manager().default_model_id,
         "faces": current_app.config["FACES"],
-        "models": _manager().describe(),
+        "models": ext.model_manager().describe(),
         "security": security_summary(settings),
         "limits": {"max_concurrent_models": settings.max_concurrent_models,
                    "max_batch_size": settings.max_batch_size,
@@ -56,7 +48,7 @@ def system_status():
 
 
 def security_summary(settings: Any) -> dict[str, Any]:
-    keys = current_app.extensions["keys"]
+    keys = ext.keys()
     return {"api_keys": keys.users_need_keys, "admin_key": keys.has_admin_key,
             "rate_limit_rpm": settings.rate_limit_rpm, "rate_limit_tpm": settings.rate_limit_tpm,
             "warning": open_access_warning(settings, keys)}
@@ -68,7 +60,7 @@ def security_summary(settings: Any) -> dict[str, Any]:
 def deep_health():
     """Every ready model answers a one-token probe; 503 if one fails or none is ready."""
     checks = {}
-    for model_id in _manager().ready_models():
+    for model_id in ext.model_manager().ready_models():
         checks[model_id] = _probe(model_id)
     healthy = bool(checks) and all(c["ok"] for c in checks.values())
     return jsonify({"status": "healthy" if healthy else "unhealthy", "models": checks}), \
@@ -78,7 +70,7 @@ def deep_health():
 def _probe(model_id: str) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        with _manager().acquire(model_id, PROBE_TIMEOUT) as lease:
+        with ext.model_manager().acquire(model_id, PROBE_TIMEOUT) as lease:
             tokens = lease.engine.tokenize("ping", add_special=True)
             stream = lease.engine.submit(GenerationRequest(
                 f"probe-{uuid.uuid4().hex}", tokens, max_tokens=1,
@@ -96,8 +88,8 @@ def _probe(model_id: str) -> dict[str, Any]:
 @responds(SystemMetrics)
 def system_metrics():
     return jsonify({"timestamp": time.time(), "system": system_figures(),
-                    "inference": _metrics().summary(),
-                    "models": [_model_figures(m) for m in _manager().describe()]})
+                    "inference": ext.metrics().summary(),
+                    "models": [_model_figures(m) for m in ext.model_manager().describe()]})
 
 
 def _model_figures(info: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +104,7 @@ def _model_figures(info: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/metrics")
 @responds(TEXT, description="Prometheus text format")
 def prometheus_metrics():
-    return Response(_metrics().prometheus_text(),
+    return Response(ext.metrics().prometheus_text(),
                     mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
