@@ -55,13 +55,13 @@ test: install-dev install-browser
 test-vllm:
 ifeq ($(VLLM_ON_CPU),yes)
 	$(MAKE) install-vllm
-	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest tests/test_engine_behaviour.py -k vllm
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest tests/engines/test_engine_behaviour.py -k vllm
 else
 	@echo "vLLM's CPU build needs Linux x86-64: skipping the vLLM engine tests"
 endif
 
 install: $(VENV)/.installed
-# Debian's Chromium for the web console's browser tests (tests/test_console.py; Playwright
+# Debian's Chromium for the web console's browser tests (tests/api/test_console.py; Playwright
 # drives it, no browser is downloaded; a CJK font for readable screenshots). Where it cannot be
 # installed, those tests are skipped.
 install-browser:

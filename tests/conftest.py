@@ -88,15 +88,6 @@ def watch_metric(server, model: str, sample: str) -> Iterator[dict[str, float]]:
         seen["most"] = float(out.strip() or 0.0)
 
 
-def metric_sum(server, model: str, *samples: str) -> float:
-    """The sum of these /metrics samples for `model`."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples if s.name in samples and s.labels.get("model") == model)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -191,6 +182,18 @@ def tiny_server(tmp_path_factory, model_dir, tiny_model) -> Iterator[Server]:
                                 "MAX_CONCURRENT_MODELS": "2", "CONTEXT_SIZE": "512"})
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tiny_app(tmp_path_factory, model_dir, tiny_model):
+    """The service's own app in this process (tests/in_process.py), serving the
+    tiny models like tiny_server, for protocol tests that need no process."""
+    from tests.in_process import start_app
+
+    app = start_app(tmp_path_factory.mktemp("tiny-app"), default_model="tiny-chat",
+                    model_base_path=model_dir, max_concurrent_models=2, context_size=512)
+    yield app
+    app.stop()
 
 
 @pytest.fixture(scope="session")

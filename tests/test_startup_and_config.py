@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -12,6 +11,7 @@ import requests
 from src.utils.config import ConfigError, load_settings
 from src.utils.platform_detector import GpuInfo, PlatformInfo, choose_engine, detect_platform
 from tests.conftest import ROOT, start_server, stop_server
+from tests.helpers import wait_until
 
 
 def fake_platform(cuda=False, apple=False, installed=("llama_cpp",)) -> PlatformInfo:
@@ -118,12 +118,8 @@ def test_health_is_503_while_no_model_is_ready(tmp_path):
     bad.write_bytes(b"not a gguf file")
     server = start_server(tmp_path, {"DEFAULT_MODEL": str(bad)}, require_model=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            r = requests.get(f"{server.url}/health", timeout=5)
-            if r.json()["model_errors"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        r = wait_until(lambda: (lambda r: r.json()["model_errors"] and r)(
+            requests.get(f"{server.url}/health", timeout=5)), 60, "the load failed")
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
         assert "broken" in r.json()["model_errors"]
         resp = requests.post(f"{server.base_url}/completions", timeout=30,

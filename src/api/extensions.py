@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 from flask import Flask, current_app
 
 if TYPE_CHECKING:
-    from ..core.load_balancer import LoadBalancer
+    from ..cluster.balancer import LoadBalancer
+    from ..cluster.supervisor import ClusterManager
     from ..core.model_manager import ModelManager
     from ..core.model_pull import PullManager
     from ..core.response_store import ResponseStore
-    from ..utils.cluster_manager import ClusterManager
     from ..utils.metrics import ServiceMetrics
     from .middleware.auth import KeyRing
     from .middleware.rate_limit import RateLimiter

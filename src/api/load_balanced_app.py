@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 from flask import Flask
 
-from ..core.load_balancer import LoadBalancer
-from ..utils.cluster_manager import ClusterManager
+from ..cluster.balancer import LoadBalancer
+from ..cluster.supervisor import ClusterManager
 from ..utils.config import Settings, get_settings
 from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics

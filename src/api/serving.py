@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from flask import Response, current_app, g, request, stream_with_context
 
 from ..core.exceptions import ClientDisconnectedError, InvalidRequestError
-from .client_connection import client_disconnected
+from ..utils.client_connection import client_disconnected
 from . import extensions as ext
 from .generation import Caller, Job, start_chat
 from .middleware.rate_limit import token_reservation

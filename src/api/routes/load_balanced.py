@@ -1,10 +1,11 @@
 """The load-balanced entry point's routes.
 
-Requests go to one instance chosen by the balancer (upstream_proxy); what
-concerns every instance is answered from all of them: `/v1/models` merges
-their lists, and loading or unloading a model goes to every local instance
-(remote upstreams are someone else's servers: they are never managed from
-here). The entry point answers its own `/health`, status, metrics and logs.
+Requests go to one instance chosen by the balancer (src/cluster/proxy.py);
+what concerns every instance is answered from all of them
+(src/cluster/fanout.py): `/v1/models` merges their lists, and loading or
+unloading a model goes to every local instance (remote upstreams are
+someone else's servers: they are never managed from here). The entry point
+answers its own `/health`, status, metrics and logs.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from ... import __version__
-from ...core.exceptions import BadGatewayError, ModelNotFoundError, ServiceUnavailableError
-from ...utils.cluster_manager import Instance
+from ...cluster.fanout import Answer, call_each, merge_models, one_answer, summed_figures
+from ...cluster.instance import Instance
+from ...cluster.proxy import Outgoing, forward, model_of
+from ...core.exceptions import ModelNotFoundError, ServiceUnavailableError
 from ...utils.metrics import ADDITIVE_FIGURES, system_figures
 from ...utils.names import ModelState
 from .. import extensions as ext
 from ..middleware.auth import admin_only
 from ..request_parsing import read_body
-from ..upstream_proxy import Answer, Outgoing, call_each, forward, model_of
 from ..openai.protocol import ModelList, ModelObject
 from ..schemas import ClusterHealth, DeletedModel, ModelInfo, SystemMetrics, SystemStatus
 from ..spec import public, responds
@@ -35,9 +37,6 @@ RELAYED = {"/v1/chat/completions": "chat_completions", "/v1/completions": "compl
            "/embeddings": "embeddings_legacy", "/v1/responses": "create_response",
            "/responses": "create_response_legacy", "/tokenize": "tokenize",
            "/detokenize": "detokenize", "/generate": "generate"}
-# which instance's word on a model counts when they differ: the most available
-STATE_RANK = {ModelState.READY: 0, ModelState.LOADING: 1, ModelState.UNLOADING: 2,
-              ModelState.UNLOADED: 3, ModelState.ERROR: 4}
 
 
 def _read_timeout() -> float:
@@ -75,25 +74,7 @@ def _merged_models() -> list[dict[str, Any]]:
     if not instances:
         raise ServiceUnavailableError("No healthy instance to list the models of.",
                                       headers={"Retry-After": "5"})
-    answers = _each(instances, "GET", "/v1/models")
-    by_id = {i.id: i for i in instances}
-    merged: dict[str, dict[str, Any]] = {}
-    for inst_id, answer in answers.items():
-        if answer.status != 200 or not isinstance(answer.body, dict):
-            continue
-        models = [m for m in answer.body.get("data") or [] if isinstance(m, dict) and "id" in m]
-        by_id[inst_id].models = {m["id"]: m.get("state", ModelState.READY) for m in models}
-        for model in models:
-            entry = merged.setdefault(model["id"], {**model, "instances": []})
-            entry["instances"].append(inst_id)
-            if STATE_RANK.get(model.get("state", ModelState.READY), 5) < \
-                    STATE_RANK.get(entry.get("state", ModelState.READY), 5):
-                entry["state"] = model["state"]
-    if all(a.status != 200 for a in answers.values()):
-        first = next(iter(answers.values()))
-        raise BadGatewayError(f"No instance answered its model list "
-                              f"({first.error or f'status {first.status}'}).")
-    return list(merged.values())
+    return merge_models(instances, _each(instances, "GET", "/v1/models"))
 
 
 @bp.get("/v1/models")
@@ -121,20 +102,14 @@ def _manage(path: str, model: str, remember: bool):
         raise ServiceUnavailableError("No healthy local instance to manage models on.",
                                       headers={"Retry-After": "5"})
     body = read_body() if request.method == "POST" else b""
-    answers = _each(instances, request.method, path, body, timeout=_read_timeout())
-    statuses = {i: a.status if a.status is not None else 502 for i, a in answers.items()}
-    failed = [i for i, s in statuses.items() if not 200 <= s < 300]
-    chosen = answers[failed[0] if failed else next(iter(answers))]
-    result = chosen.body if isinstance(chosen.body, dict) else \
-        BadGatewayError(chosen.error or "The instance gave no answer.").to_dict()
-    result["instances"] = statuses
-    if not failed:
+    result, status, all_ok = one_answer(_each(instances, request.method, path, body,
+                                              timeout=_read_timeout()))
+    if all_ok:
         if remember:
             cluster.remember_load(model, body)
         else:
             cluster.forget_load(model)
     cluster.check_soon()  # their model lists changed
-    status = statuses[failed[0]] if failed else max(statuses.values())
     return jsonify(result), status
 
 
@@ -190,23 +165,11 @@ def system_status():
 
 def _summed_inference(instances: list[Instance]) -> dict[str, Any]:
     """The healthy instances' inference figures added up (those that answer
-    in 3 s; an OpenAI server of someone else's has none). Totals drop when an
-    instance restarts: a reader taking differences counts a drop as zero."""
+    in 3 s). Totals drop when an instance restarts: a reader taking
+    differences counts a drop as zero."""
     answers = _each([i for i in instances if i.routable], "GET", "/v1/system/metrics",
                     timeout=3.0)
-    total: dict[str, Any] = dict.fromkeys(ADDITIVE_FIGURES, 0)
-    reporting = []
-    for inst_id, answer in answers.items():
-        figures = answer.body.get("inference") if isinstance(answer.body, dict) else None
-        if answer.status != 200 or not isinstance(figures, dict):
-            continue
-        reporting.append(inst_id)
-        for name in ADDITIVE_FIGURES:
-            value = figures.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                total[name] += value
-    return {**{name: round(value, 6) for name, value in total.items()},
-            "instances_reporting": reporting}
+    return summed_figures(answers, ADDITIVE_FIGURES)
 
 
 @bp.get("/v1/system/metrics")

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/openapi_fuzz.py (loaded through
+"""Schemathesis hooks for tests/api/openapi_fuzz.py (loaded through
 SCHEMATHESIS_HOOKS). They keep generated bodies inside what the served tiny
 models can do: limits the schema cannot state because they belong to a
 model, not to the API (its vocabulary, its embedding size), or relate two

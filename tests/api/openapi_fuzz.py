@@ -1,12 +1,12 @@
 """Schemathesis against a real server, every check on, a fixed seed, a
-bounded number of cases (tests/test_openapi_fuzz.py runs it in the suite;
+bounded number of cases (tests/api/test_openapi_fuzz.py runs it in the suite;
 by hand it prints schemathesis's whole report):
 
-    .venv/bin/python -m tests.openapi_fuzz            # read-only and generation routes
-    .venv/bin/python -m tests.openapi_fuzz --state    # the routes that change state
+    .venv/bin/python -m tests.api.openapi_fuzz            # read-only and generation routes
+    .venv/bin/python -m tests.api.openapi_fuzz --state    # the routes that change state
 
 Each run gets a server of its own with the tiny models and API keys (the
-auth checks need them); tests/fuzz_hooks.py keeps generated bodies inside
+auth checks need them); tests/api/fuzz_hooks.py keeps generated bodies inside
 what those models can do."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tests.conftest import ROOT, start_server, stop_server
-from tests.fuzz_hooks import MAX_OUTPUT
+from tests.api.fuzz_hooks import MAX_OUTPUT
 from tests.tiny_model import write_tiny_model
 
 SEED = 20261202
@@ -27,7 +27,7 @@ STATE_CHANGING = (r"^/v1/models/load$|/unload$|^/v1/models/\{model_id\}$|^/api/(
 
 
 def schemathesis(url: str, *options: str) -> int:
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.api.fuzz_hooks", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
          "-H", f"Authorization: Bearer {ADMIN_KEY}", "--checks", "all", "--seed", str(SEED),

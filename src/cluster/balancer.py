@@ -16,27 +16,75 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
 
-from ..utils.cluster_manager import ClusterManager, Instance
 from ..utils.names import ModelState, Strategy
+from .instance import Instance
+from .supervisor import ClusterManager
+
+
+@dataclass
+class Turns:
+    """What the strategies remember between two choices."""
+
+    turn: int = 0
+    current_weight: dict[str, float] = field(default_factory=dict)  # weighted: nginx's
+
+    def next_of(self, pool: list[Instance]) -> Instance:
+        self.turn += 1
+        return pool[self.turn % len(pool)]
+
+
+# strategies: each picks one of a non-empty pool (sorted by id), under the balancer's lock
+def round_robin(pool: list[Instance], turns: Turns) -> Instance:
+    return turns.next_of(pool)
+
+
+def least_connections(pool: list[Instance], turns: Turns) -> Instance:
+    fewest = min(i.active for i in pool)
+    return turns.next_of([i for i in pool if i.active == fewest])
+
+
+def weighted(pool: list[Instance], turns: Turns) -> Instance:
+    total = sum(i.weight for i in pool)
+    for inst in pool:
+        turns.current_weight[inst.id] = turns.current_weight.get(inst.id, 0.0) + inst.weight
+    chosen = max(pool, key=lambda i: turns.current_weight[i.id])
+    turns.current_weight[chosen.id] -= total
+    return chosen
+
+
+def weighted_random(pool: list[Instance], turns: Turns) -> Instance:
+    return random.choices(pool, weights=[i.weight for i in pool])[0]
+
+
+def response_time(pool: list[Instance], turns: Turns) -> Instance:
+    untried = [i for i in pool if i.ewma_latency is None]
+    if untried:
+        return turns.next_of(untried)
+    return min(pool, key=lambda i: (i.ewma_latency * (i.active + 1), i.active))
+
+
+STRATEGIES: dict[Strategy, Callable[[list[Instance], Turns], Instance]] = {
+    Strategy.ROUND_ROBIN: round_robin, Strategy.LEAST_CONNECTIONS: least_connections,
+    Strategy.WEIGHTED: weighted, Strategy.RANDOM: weighted_random,
+    Strategy.RESPONSE_TIME: response_time}
 
 
 class LoadBalancer:
     def __init__(self, cluster: ClusterManager, strategy: str):
-        strategy = Strategy(strategy)  # ValueError for an unknown one
         self.cluster = cluster
-        self.strategy = strategy
-        self._turn = 0
-        self._current_weight: dict[str, float] = {}
+        self.strategy = Strategy(strategy)  # ValueError for an unknown one
+        self._turns = Turns()
         self._lock = threading.Lock()
 
     def set_strategy(self, strategy: str) -> str:
         """Switch, and return the strategy used until now."""
-        strategy = Strategy(strategy)  # ValueError for an unknown one
+        chosen = Strategy(strategy)  # ValueError for an unknown one
         with self._lock:
-            previous, self.strategy = self.strategy, strategy
-            self._current_weight.clear()
+            previous, self.strategy = self.strategy, chosen
+            self._turns.current_weight.clear()
         return previous
 
     def candidates(self, model: Optional[str], exclude: Iterable[Instance] = ()) -> list[Instance]:
@@ -55,7 +103,7 @@ class LoadBalancer:
         if not pool:
             return None
         with self._lock:
-            chosen = getattr(self, f"_{self.strategy}")(pool)
+            chosen = STRATEGIES[self.strategy](pool, self._turns)
             chosen.active += 1
             chosen.requests += 1
         return chosen
@@ -67,32 +115,3 @@ class LoadBalancer:
     def finished(self, inst: Instance) -> None:
         with self._lock:
             inst.active -= 1
-
-    # strategies: each picks one of a non-empty pool, under the lock ----------------------
-    def _in_turn(self, pool: list[Instance]) -> Instance:
-        self._turn += 1
-        return pool[self._turn % len(pool)]
-
-    def _round_robin(self, pool: list[Instance]) -> Instance:
-        return self._in_turn(pool)
-
-    def _least_connections(self, pool: list[Instance]) -> Instance:
-        fewest = min(i.active for i in pool)
-        return self._in_turn([i for i in pool if i.active == fewest])
-
-    def _weighted(self, pool: list[Instance]) -> Instance:
-        total = sum(i.weight for i in pool)
-        for inst in pool:
-            self._current_weight[inst.id] = self._current_weight.get(inst.id, 0.0) + inst.weight
-        chosen = max(pool, key=lambda i: self._current_weight[i.id])
-        self._current_weight[chosen.id] -= total
-        return chosen
-
-    def _random(self, pool: list[Instance]) -> Instance:
-        return random.choices(pool, weights=[i.weight for i in pool])[0]
-
-    def _response_time(self, pool: list[Instance]) -> Instance:
-        untried = [i for i in pool if i.ewma_latency is None]
-        if untried:
-            return self._in_turn(untried)
-        return min(pool, key=lambda i: (i.ewma_latency * (i.active + 1), i.active))

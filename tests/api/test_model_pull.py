@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import struct
 import threading
-import time
 
 import pytest
 import requests
 
 from tests.conftest import start_server, stop_server
 from tests.fake_hub import FakeHub
+from tests.helpers import wait_until
 from tests.tiny_model import write_tiny_model
 
 ADMIN, USER = "pull-admin-key", "pull-user-key"
@@ -105,14 +105,12 @@ def events(server, **body) -> list[dict]:
 
 
 def wait_pull(server, model_id: str, until, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def snapshot():
         snap = requests.get(f"{server.url}/v1/models/pull/{model_id}", headers=USER_H,
                             timeout=10).json()
-        if until(snap):
-            return snap
-        time.sleep(0.05)
-    raise AssertionError(f"pull of {model_id} never got there: {snap}")
+        return until(snap) and snap
+
+    return wait_until(snapshot, timeout, f"the pull of {model_id}")
 
 
 def test_downloads_are_off_unless_allowed(tiny_server):

@@ -14,6 +14,7 @@ from src.core.inference_engine import EngineOptions, GenerationRequest, Sampling
 from src.core.model_catalog import ModelCatalog, ModelSettings
 from src.core.model_manager import ModelManager
 from src.engines.registry import engine_for_model
+from tests.helpers import wait_until
 from tests.tiny_model import write_tiny_model
 
 
@@ -45,10 +46,8 @@ def make_manager(base: Path, **kwargs) -> ModelManager:
 
 
 def wait_state(manager: ModelManager, model_id: str, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while manager.describe(model_id)[0]["state"] != state:
-        assert time.monotonic() < deadline, manager.describe(model_id)
-        time.sleep(0.02)
+    wait_until(lambda: manager.describe(model_id)[0]["state"] == state, timeout,
+               f"{model_id} {state}", interval=0.02)
 
 
 def generate(lease, text: str = "hi", max_tokens: int = 4) -> str:

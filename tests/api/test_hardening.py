@@ -11,12 +11,11 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import metric_sum, start_server, stop_server
-from tests.test_access_control import raw_request
+from tests.conftest import start_server, stop_server
+from tests.helpers import CHAT, metric_sum, raw_post
 
 MAX_BYTES = 200_000
 OUTPUT_CAP = 32
-CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +223,14 @@ def test_fuzzed_model_names_in_paths(exposed, model_id):
 # a disconnect storm ---------------------------------------------------------
 
 def in_flight(server, model: str) -> float:
-    return metric_sum(server, model, "vllm_obtain_requests_running",
+    return metric_sum(f"{server.url}/metrics", model, "vllm_obtain_requests_running",
                       "vllm_obtain_requests_waiting")
 
 
 def generated(server, model: str) -> float:
     """How many requests have produced a token (time to first token observations)."""
-    return metric_sum(server, model, "vllm_obtain_time_to_first_token_seconds_count")
+    return metric_sum(f"{server.url}/metrics", model,
+                      "vllm_obtain_time_to_first_token_seconds_count")
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_a_disconnect_storm_frees_the_model(storm_server):
                 "messages": [{"role": "user", "content": f"{i} {i * 7919} {story}"}]}
 
     generated_before = generated(server, model)
-    clients = [raw_request(server, "/v1/chat/completions", body(i), {}) for i in range(32)]
+    clients = [raw_post(server.url, "/v1/chat/completions", body(i)) for i in range(32)]
     for sock in clients:  # every client reads its first chunk
         got = b""
         while b"data: " not in got:

@@ -8,8 +8,9 @@ from typing import Optional
 
 import pytest
 
-from src.utils import cluster_manager
-from src.utils.cluster_manager import ClusterManager, Instance
+from src.cluster import supervisor as cluster_manager
+from src.cluster.instance import Instance
+from src.cluster.supervisor import ClusterManager
 from src.utils.config import Settings
 
 REAL_SPAWN = ClusterManager._spawn  # the fixture replaces it
@@ -127,11 +128,10 @@ def test_autoscaling_on_latency_looks_only_at_instances_at_work(supervisor):
     healthy(manager)
     inst = manager.get("instance_0")
     inst.ewma_latency = 8.0  # one slow burst, long over
-    manager._autoscale(time.monotonic())
-    assert manager.target == 1
+    serving = [i for i in manager.locals() if i.routable]
+    assert manager._autoscaler.target(time.monotonic(), serving, manager.target) == 1
     inst.active = 1  # slow now
-    manager._autoscale(time.monotonic())
-    assert manager.target == 2
+    assert manager._autoscaler.target(time.monotonic(), serving, manager.target) == 2
 
 
 def test_the_start_timeout_spares_an_instance_replaying_its_loads(supervisor):

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from urllib.parse import urlparse
 
 import pytest
 import requests
 
 from tests.conftest import start_server, stop_server
+from tests.helpers import raw_post, wait_until
 
 MODEL = "SmolLM2-135M-Instruct"
 LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
@@ -45,20 +45,15 @@ def running(server) -> tuple[int, int]:
 
 
 def wait_idle(server, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while running(server) != (0, 0):
-        assert time.monotonic() < deadline, "the request was not aborted"
-        time.sleep(0.05)
+    wait_until(lambda: running(server) == (0, 0), limit, "the request aborted")
 
 
-def raw_post(server, body: dict) -> socket.socket:
-    """Send a request and return the socket without reading the answer."""
-    url = urlparse(server.url)
-    sock = socket.create_connection((url.hostname, url.port))
-    payload = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-    return sock
+def wait_running(server, expected: tuple[int, int], limit: float = 10.0) -> None:
+    wait_until(lambda: running(server) == expected, limit, f"running, waiting = {expected}")
+
+
+def post_completion(server, body: dict) -> socket.socket:
+    return raw_post(server.url, "/v1/completions", body)
 
 
 def test_stream_disconnect_aborts_and_frees_the_slot(limits_server):
@@ -77,27 +72,19 @@ def test_stream_disconnect_aborts_and_frees_the_slot(limits_server):
 
 
 def test_non_streaming_disconnect_aborts(limits_server):
-    sock = raw_post(limits_server, LONG)
-    deadline = time.monotonic() + 10
-    while running(limits_server)[0] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    sock = post_completion(limits_server, LONG)
+    wait_running(limits_server, (1, 0))
     sock.close()
     wait_idle(limits_server)
 
 
 def test_full_queue_answers_503_with_retry_after(limits_server):
-    first = raw_post(limits_server, LONG)  # runs
+    first = post_completion(limits_server, LONG)  # runs
     try:
-        deadline = time.monotonic() + 10
-        while running(limits_server)[0] == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        second = raw_post(limits_server, LONG)  # waits
+        wait_running(limits_server, (1, 0))
+        second = post_completion(limits_server, LONG)  # waits
         try:
-            while running(limits_server)[1] == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_running(limits_server, (1, 1))
             third = requests.post(f"{limits_server.base_url}/completions", json=LONG, timeout=10)
             assert third.status_code == 503
             assert int(third.headers["Retry-After"]) >= 1
@@ -128,16 +115,13 @@ def test_timeout_non_streaming_is_504(timeout_server):
 
 
 def test_health_and_status_answer_under_full_load(limits_server):
-    deadline = time.monotonic() + 10
     sockets = []
     try:
         # one after the other: sent together, the second may find the first
         # still waiting, and one may wait at most
         for expected in ((1, 0), (1, 1)):
-            sockets.append(raw_post(limits_server, LONG))
-            while running(limits_server) != expected:
-                assert time.monotonic() < deadline, f"never reached {expected}"
-                time.sleep(0.05)
+            sockets.append(post_completion(limits_server, LONG))
+            wait_running(limits_server, expected)
         for _ in range(5):
             # the engine's slot and the queue are full; the control routes still answer
             assert requests.get(f"{limits_server.url}/health", timeout=5).status_code == 200

@@ -12,17 +12,17 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import psutil
 import pytest
 import requests
 
 from tests.conftest import json_lines, start_server, stop_server
+from tests.helpers import CHAT, auth, metric_samples, raw_post, wait_until
 
 ADMIN = "lb-admin-key"
 USER = "lb-user-key"
-CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 def free_ports(count: int) -> int:
@@ -45,16 +45,6 @@ def free_ports(count: int) -> int:
             for sock in socks:
                 sock.close()
     raise RuntimeError("no free port range")
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def cluster_env(model_dir: Path, **extra: str) -> dict[str, str]:
@@ -118,7 +108,7 @@ def cluster(tmp_path_factory, model_dir, tiny_model, dead_port):
         API_KEYS=USER, ADMIN_API_KEY=ADMIN,
         CLUSTER_UPSTREAMS=f"http://127.0.0.1:{dead_port}/v1 weight=5"))
     server.tmp = tmp
-    wait_for(lambda: healthy(server, "instance_0", "instance_1"), 90, "both instances healthy")
+    wait_until(lambda: healthy(server, "instance_0", "instance_1"), 90, "both instances healthy")
     yield server
     pids = set()
     for inst in status(server)["instances"].values():
@@ -126,7 +116,7 @@ def cluster(tmp_path_factory, model_dir, tiny_model, dead_port):
             pids |= instance_pids(inst["pid"])
     stop_server(server)
     # graceful shutdown stops every instance with the entry point
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+    wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                              for p in pids), 40, "instances gone after the entry point stopped")
 
 
@@ -194,7 +184,7 @@ def test_system_metrics_add_up_the_instances_figures(cluster):
         def read() -> dict[str, Any]:
             return requests.get(f"{cluster.url}/v1/system/metrics", timeout=10,
                                 headers={"Authorization": f"Bearer {USER}"}).json()["inference"]
-        return wait_for(lambda: (lambda f: sorted(f["instances_reporting"]) ==
+        return wait_until(lambda: (lambda f: sorted(f["instances_reporting"]) ==
                                  ["instance_0", "instance_1"] and f)(read()),
                         30, "both instances report")
 
@@ -260,7 +250,7 @@ def test_killing_an_instance_under_load_loses_no_request(cluster):
     def watch() -> None:  # when does the supervisor start a new process?
         killed.wait()
         at = killed_at[0] = time.monotonic()
-        wait_for(lambda: status(cluster)["instances"]["instance_0"]["pid"] not in
+        wait_until(lambda: status(cluster)["instances"]["instance_0"]["pid"] not in
                  (None, victim["pid"]), 60, "instance_0 respawned")
         respawned_after.append(time.monotonic() - at)
 
@@ -273,7 +263,7 @@ def test_killing_an_instance_under_load_loses_no_request(cluster):
     # the supervisor starts it again within the health interval (10 s here); how long the
     # new process takes to boot and load is the machine's, so it is only printed
     assert respawned_after and respawned_after[0] < 10
-    back = wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != victim["pid"] and i)(
+    back = wait_until(lambda: (lambda i: i["healthy"] and i["pid"] != victim["pid"] and i)(
         status(cluster)["instances"]["instance_0"]), 60, "instance_0 healthy again")
     print(f"\ninstance_0 respawned {respawned_after[0]:.1f} s after SIGKILL, healthy again "
           f"after {time.monotonic() - killed_at[0]:.1f} s (restarts {back['restarts']})")
@@ -290,7 +280,7 @@ def test_a_hung_instance_fails_its_checks_and_is_restarted(cluster):
             answers = list(pool.map(lambda _: post(cluster, "/v1/chat/completions", CHAT, USER),
                                     range(2)))
         assert [a.status_code for a in answers] == [200, 200]
-        back = wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != hung["pid"] and i)(
+        back = wait_until(lambda: (lambda i: i["healthy"] and i["pid"] != hung["pid"] and i)(
             status(cluster)["instances"]["instance_1"]), 60, "instance_1 restarted")
         assert back["restarts"] >= 1 and back["failures"] >= 3
     finally:
@@ -319,18 +309,15 @@ def test_a_stream_cut_by_a_dying_instance_ends_with_an_error_event(cluster):
     # master die first and ended the stream itself as it unloaded (service_unavailable)
     assert error["type"] == "server_error"
     assert error["code"] in ("upstream_error", "service_unavailable")
-    wait_for(lambda: healthy(cluster, name), 90, f"{name} restarted")
+    wait_until(lambda: healthy(cluster, name), 90, f"{name} restarted")
 
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster, stream):
-    from prometheus_client.parser import text_string_to_metric_families
-
     from src.utils.metrics import PREFIX
-    from tests.test_access_control import raw_request
 
     # a local instance killed by an earlier test is back first: every one is asked below
-    wait_for(lambda: all(i["healthy"] for i in status(cluster)["instances"].values()
+    wait_until(lambda: all(i["healthy"] for i in status(cluster)["instances"].values()
                          if i["pid"]), 90, "every local instance healthy")
     instances = [i for i in status(cluster)["instances"].values() if i["pid"]]
 
@@ -344,27 +331,27 @@ def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster, stream):
 
     def hang_ups() -> int:  # requests the instances ended because their client left
         return sum(int(sample.value) for i in instances
-                   for family in text_string_to_metric_families(get(i, "/metrics").text)
-                   for sample in family.samples
+                   for sample in metric_samples(f"{i['url']}/metrics",
+                                                Authorization=f"Bearer {USER}")
                    if sample.name == f"{PREFIX}_requests_total"
                    and sample.labels.get("status") == "499")
 
     before = hang_ups()
     long = dict(CHAT, max_tokens=400, stream=stream, ignore_eos=True,
                 model="SmolLM2-135M-Instruct")
-    sock = raw_request(cluster, "/v1/chat/completions", long, {"Authorization": f"Bearer {USER}"})
+    sock = raw_post(cluster.url, "/v1/chat/completions", long, auth(USER))
     if stream:
         got = b""
         while b"data: " not in got:
             got += sock.recv(4096)
     else:
-        wait_for(lambda: running() == 1, 30, "the instance generating")
+        wait_until(lambda: running() == 1, 30, "the instance generating")
     sock.close()
-    wait_for(lambda: running() == 0, 10, "the instance stopped generating")
+    wait_until(lambda: running() == 0, 10, "the instance stopped generating")
     # not a request that ran to its end: the instance counted a departed client
 
-    wait_for(lambda: hang_ups() == before + 1, 10, "the instance ended the request")
-    wait_for(lambda: all(i["active_connections"] == 0
+    wait_until(lambda: hang_ups() == before + 1, 10, "the instance ended the request")
+    wait_until(lambda: all(i["active_connections"] == 0
                          for i in status(cluster)["instances"].values()),
              5, "the entry point released the instance")
 
@@ -372,15 +359,15 @@ def test_a_client_that_hangs_up_ends_the_work_at_the_instance(cluster, stream):
 def test_scaling_up_and_down(cluster):
     resp = post(cluster, "/v1/cluster/scale", {"action": "scale_up", "count": 1})
     assert resp.status_code == 200 and resp.json()["target_instances"] == 3
-    wait_for(lambda: healthy(cluster, "instance_2"), 90, "instance_2 healthy")
+    wait_until(lambda: healthy(cluster, "instance_2"), 90, "instance_2 healthy")
     assert set(served_by(cluster, 6)) == {"instance_0", "instance_1", "instance_2"}
     too_many = post(cluster, "/v1/cluster/scale", {"action": "scale_up", "count": 1})
     assert too_many.status_code == 400 and "MAX_INSTANCES" in too_many.json()["error"]["message"]
     pid = status(cluster)["instances"]["instance_2"]["pid"]
     resp = post(cluster, "/v1/cluster/scale", {"action": "scale_down", "count": 1})
     assert resp.status_code == 200 and resp.json()["target_instances"] == 2
-    wait_for(lambda: "instance_2" not in status(cluster)["instances"], 90, "instance_2 removed")
-    wait_for(lambda: not instance_pids(pid), 10, "instance_2's processes gone")
+    wait_until(lambda: "instance_2" not in status(cluster)["instances"], 90, "instance_2 removed")
+    wait_until(lambda: not instance_pids(pid), 10, "instance_2's processes gone")
     assert set(served_by(cluster, 4)) == {"instance_0", "instance_1"}
     too_few = post(cluster, "/v1/cluster/scale", {"action": "scale_down", "count": 2})
     assert too_few.status_code == 400 and "MIN_INSTANCES" in too_few.json()["error"]["message"]
@@ -390,7 +377,7 @@ def test_restarting_an_instance(cluster):
     before = status(cluster)["instances"]["instance_1"]
     resp = post(cluster, "/v1/cluster/restart", {"instance_id": "instance_1"})
     assert resp.status_code == 200
-    wait_for(lambda: (lambda i: i["healthy"] and i["pid"] != before["pid"])(
+    wait_until(lambda: (lambda i: i["healthy"] and i["pid"] != before["pid"])(
         status(cluster)["instances"]["instance_1"]), 90, "instance_1 restarted")
     assert post(cluster, "/v1/cluster/restart", {"instance_id": "nope"}).status_code == 404
     remote = post(cluster, "/v1/cluster/restart", {"instance_id": "upstream_0"})
@@ -425,7 +412,7 @@ def test_a_remote_upstream_joins_takes_its_weight_and_leaves(cluster, tmp_path, 
                     {"url": f"{remote.url}/v1", "weight": 3, "api_key": "remote-key"})
         assert resp.status_code == 201
         joined = resp.json()["id"]
-        wait_for(lambda: healthy(cluster, joined), 30, "the upstream joins")
+        wait_until(lambda: healthy(cluster, joined), 30, "the upstream joins")
         post(cluster, "/v1/cluster/strategy", {"strategy": "weighted"})
         counts = Counter(served_by(cluster, 40))
         assert counts == {joined: 24, "instance_0": 8, "instance_1": 8}
@@ -451,7 +438,7 @@ def test_auto_scaling_follows_the_queue(tmp_path, model_dir, tiny_model):
         AUTO_SCALING="true", SCALE_UP_QUEUE_DEPTH="1", SCALE_COOLDOWN="0",
         SCALE_DOWN_AFTER="2", MAX_BATCH_SIZE="1", HEALTH_CHECK_INTERVAL="5"))
     try:
-        wait_for(lambda: healthy(server, "instance_0"), 90, "instance_0 healthy")
+        wait_until(lambda: healthy(server, "instance_0"), 90, "instance_0 healthy")
         body = dict(CHAT, max_tokens=300, ignore_eos=True, model="SmolLM2-135M-Instruct")
         stop = threading.Event()
 
@@ -463,14 +450,14 @@ def test_auto_scaling_follows_the_queue(tmp_path, model_dir, tiny_model):
         for t in threads:
             t.start()
         try:
-            wait_for(lambda: status(server)["target_local_instances"] == 2, 60, "scaled up")
-            wait_for(lambda: healthy(server, "instance_1"), 90, "instance_1 healthy")
+            wait_until(lambda: status(server)["target_local_instances"] == 2, 60, "scaled up")
+            wait_until(lambda: healthy(server, "instance_1"), 90, "instance_1 healthy")
         finally:
             stop.set()
             for t in threads:
                 t.join()
-        wait_for(lambda: status(server)["target_local_instances"] == 1, 60, "scaled down")
-        wait_for(lambda: "instance_1" not in status(server)["instances"], 90, "instance_1 gone")
+        wait_until(lambda: status(server)["target_local_instances"] == 1, 60, "scaled down")
+        wait_until(lambda: "instance_1" not in status(server)["instances"], 90, "instance_1 gone")
     finally:
         stop_server(server)
 
@@ -484,7 +471,7 @@ def test_an_instance_that_cannot_start_backs_off_and_requests_get_a_clean_503(
     server = start_server(tmp_path, env, require_model=False)
     try:
         log = tmp_path / "logs" / "cluster.log"
-        wait_for(lambda: log.exists() and "next start in" in log.read_text(), 60,
+        wait_until(lambda: log.exists() and "next start in" in log.read_text(), 60,
                  "the crash loop backs off")
         resp = requests.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30)
         assert resp.status_code == 503 and resp.headers["Retry-After"]
@@ -493,7 +480,7 @@ def test_an_instance_that_cannot_start_backs_off_and_requests_get_a_clean_503(
         inst = status(server)["instances"]["instance_0"]
         assert not inst["healthy"] and "exited" in inst["last_error"]
         squatter.close()  # the port is free again: the instance comes up on its own
-        wait_for(lambda: healthy(server, "instance_0"), 90, "instance_0 starts once it can")
+        wait_until(lambda: healthy(server, "instance_0"), 90, "instance_0 starts once it can")
         assert requests.post(f"{server.url}/v1/chat/completions", json=CHAT,
                              timeout=30).status_code == 200
     finally:

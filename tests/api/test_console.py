@@ -12,7 +12,8 @@ import requests
 
 from tests.conftest import ROOT, start_server, stop_server
 from tests.fake_hub import FakeHub
-from tests.test_cluster import cluster_env, wait_for
+from tests.helpers import wait_until
+from tests.cluster.test_cluster import cluster_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -106,17 +107,17 @@ def test_overview_shows_the_model_ready_and_live_charts(browser, server):
         ["OpenAI", "Anthropic", "Ollama"]
     assert f"{server.url}/api" in page.text_content("#ov-faces")
     chart = page.locator("#chart-tokens")
-    wait_for(lambda: int(chart.get_attribute("data-points") or 0) >= 2, 15, "two chart points")
+    wait_until(lambda: int(chart.get_attribute("data-points") or 0) >= 2, 15, "two chart points")
     for _ in range(3):  # some traffic, for the charts to show
         requests.post(f"{server.url}/v1/chat/completions", timeout=60,
                       headers={"Authorization": f"Bearer {USER}"},
                       json={"model": "tiny-chat", "max_tokens": 30,
                             "messages": [{"role": "user", "content": "hi"}]})
     before = int(chart.get_attribute("data-points"))
-    wait_for(lambda: int(chart.get_attribute("data-points")) > before + 1, 15, "the chart updates")
+    wait_until(lambda: int(chart.get_attribute("data-points")) > before + 1, 15, "the chart updates")
     # the traffic shows: a generation rate, and a TTFT and latency, measured over the polls
-    wait_for(lambda: float(chart.get_attribute("data-max")) > 0, 10, "tokens/s above zero")
-    wait_for(lambda: float(page.locator("#chart-latency").get_attribute("data-max")) > 0, 10,
+    wait_until(lambda: float(chart.get_attribute("data-max")) > 0, 10, "tokens/s above zero")
+    wait_until(lambda: float(page.locator("#chart-latency").get_attribute("data-max")) > 0, 10,
              "a latency")
     assert page.locator("#chart-latency canvas").count() == 1
     shot(page, "overview")
@@ -266,22 +267,22 @@ def test_the_cluster_page_in_load_balanced_mode(browser, tmp_path, model_dir, ti
         page.locator(f"{row} .state[data-state='healthy']").wait_for(timeout=30_000)
         page.select_option("#cl-strategy", "least_connections")
         page.click("#cl-apply")
-        wait_for(lambda: requests.get(f"{lb.url}/v1/cluster/status", timeout=5).json()
+        wait_until(lambda: requests.get(f"{lb.url}/v1/cluster/status", timeout=5).json()
                  ["load_balancer_strategy"] == "least_connections", 10, "strategy switched")
         chart = page.locator("#chart-tokens")  # polled whichever page is open
-        wait_for(lambda: int(chart.get_attribute("data-points") or 0) >= 2, 15, "two points")
+        wait_until(lambda: int(chart.get_attribute("data-points") or 0) >= 2, 15, "two points")
         for _ in range(3):
             assert requests.post(f"{lb.url}/v1/chat/completions", timeout=60, json={
                 "model": "tiny-chat", "max_tokens": 30,
                 "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
         # the open cluster page is read again: the instance's request count moves by itself
         requests_cell = page.locator(f"{row} td:nth-child(5)")
-        wait_for(lambda: int(requests_cell.text_content()) >= 3, 15, "the table refreshed")
+        wait_until(lambda: int(requests_cell.text_content()) >= 3, 15, "the table refreshed")
         shot(page, "cluster")
         # the overview adds up the instances' figures: the traffic shows as tokens/s
         page.click('#tabs a[data-tab="overview"]')
         model_state(page, "#ov-models", "tiny-chat", "ready").wait_for(timeout=10_000)
-        wait_for(lambda: float(chart.get_attribute("data-max")) > 0, 10, "tokens/s above zero")
+        wait_until(lambda: float(chart.get_attribute("data-max")) > 0, 10, "tokens/s above zero")
         shot(page, "cluster-overview")
         assert not errors
         page.context.close()

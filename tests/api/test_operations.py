@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from typing import Iterator
 
 import openai
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Server, json_lines, start_server, stop_server
+from tests.helpers import metric_samples, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -127,19 +126,15 @@ def test_unload_while_a_stream_runs_ends_it_cleanly(ops):
     assert chat(ops, "SmolLM2-135M-Instruct").usage.completion_tokens > 0
 
 
-def _samples(text: str) -> dict[tuple, float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+def _samples(url: str) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in metric_samples(url)}
 
 
 def test_prometheus_metrics_parse_and_move(ops):
-    before = _samples(requests.get(f"{ops.url}/metrics").text)
+    before = _samples(f"{ops.url}/metrics")
     for _ in range(2):  # 5 tokens each: sampling cannot end one early
         chat(ops, "tiny-a", extra_body={"ignore_eos": True})
-    after = _samples(requests.get(f"{ops.url}/metrics").text)
+    after = _samples(f"{ops.url}/metrics")
     key = ("vllm_obtain_requests_total",
            (("endpoint", "chat"), ("model", "tiny-a"), ("status", "200")))
     assert after[key] - before.get(key, 0) == 2
@@ -172,20 +167,14 @@ def test_request_id_is_echoed_and_in_every_log_line(ops):
                             "messages": [{"role": "user", "content": secret}]}, timeout=60)
     assert r.headers["X-Request-ID"] == rid
     assert len(requests.get(f"{ops.url}/health").headers["X-Request-ID"]) == 32  # a fresh one
-    deadline = time.monotonic() + 5
-    while not [e for e in log_lines(ops, "api_requests.log") if e["request_id"] == rid]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    line = [e for e in log_lines(ops, "api_requests.log") if e["request_id"] == rid][0]
+    line = wait_until(lambda: [e for e in log_lines(ops, "api_requests.log")
+                               if e["request_id"] == rid], 5, "the request logged")[0]
     assert line["model"] == "tiny-a" and line["status"] == 200
     assert line["completion_tokens"] == 3 and line["route"] == "/v1/chat/completions"
     assert secret not in (ops.logs / "api_requests.log").read_text()
     assert any(e["request_id"] == rid for e in log_lines(ops, "app.log"))
     assert any("Loading tiny-a" in e["message"] for e in log_lines(ops, "model_operations.log"))
-    deadline = time.monotonic() + 5
-    while not (ops.logs / "system_metrics.log").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until((ops.logs / "system_metrics.log").exists, 5, "system_metrics.log written")
     sample = log_lines(ops, "system_metrics.log")[-1]
     assert sample["system"]["memory_total_bytes"] > 0
 

@@ -1,5 +1,5 @@
 """Choices, logprobs and structured output through the official SDK, on the
-real gunicorn + gevent server."""
+service's own app in process (tests/in_process.py)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import pytest
 MSG = [{"role": "user", "content": "Say something."}]
 
 
-def test_n_choices_are_independent_and_seeded(tiny_server):
-    client = tiny_server.client()
+def test_n_choices_are_independent_and_seeded(tiny_app):
+    client = tiny_app.client()
     kwargs = dict(model="tiny-chat", messages=MSG, max_tokens=12, temperature=1.5, n=3, seed=7)
     first = client.chat.completions.create(**kwargs)
     assert [c.index for c in first.choices] == [0, 1, 2]
@@ -26,8 +26,8 @@ def test_n_choices_are_independent_and_seeded(tiny_server):
     assert first.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
 
 
-def test_n_choices_stream_with_their_index(tiny_server):
-    stream = tiny_server.client().completions.create(
+def test_n_choices_stream_with_their_index(tiny_app):
+    stream = tiny_app.client().completions.create(
         model="tiny-chat", prompt=["one", "two"], max_tokens=4, n=2, stream=True,
         temperature=0)
     text: dict[int, str] = {}
@@ -41,8 +41,8 @@ def test_n_choices_stream_with_their_index(tiny_server):
     assert text[0] == text[1] and text[2] == text[3]  # greedy: both choices of a prompt agree
 
 
-def test_chat_logprobs(tiny_server):
-    resp = tiny_server.client().chat.completions.create(
+def test_chat_logprobs(tiny_app):
+    resp = tiny_app.client().chat.completions.create(
         model="tiny-chat", messages=MSG, max_tokens=5, temperature=0, logprobs=True,
         top_logprobs=2)
     content = resp.choices[0].logprobs.content
@@ -53,13 +53,13 @@ def test_chat_logprobs(tiny_server):
     for t in content:
         assert t.logprob <= 0 and len(t.top_logprobs) == 2
         assert t.top_logprobs[0].token == t.token  # greedy took the likeliest
-    plain = tiny_server.client().chat.completions.create(model="tiny-chat", messages=MSG,
+    plain = tiny_app.client().chat.completions.create(model="tiny-chat", messages=MSG,
                                                          max_tokens=5)
     assert plain.choices[0].logprobs is None
 
 
-def test_chat_logprobs_streamed(tiny_server):
-    stream = tiny_server.client().chat.completions.create(
+def test_chat_logprobs_streamed(tiny_app):
+    stream = tiny_app.client().chat.completions.create(
         model="tiny-chat", messages=MSG, max_tokens=5, temperature=0, logprobs=True,
         stream=True)
     tokens = [t for chunk in stream for c in chunk.choices if c.logprobs
@@ -67,8 +67,8 @@ def test_chat_logprobs_streamed(tiny_server):
     assert len(tokens) == 5 and all(t.top_logprobs == [] for t in tokens)
 
 
-def test_completion_logprobs(tiny_server):
-    resp = tiny_server.client().completions.create(model="tiny-chat", prompt="abc",
+def test_completion_logprobs(tiny_app):
+    resp = tiny_app.client().completions.create(model="tiny-chat", prompt="abc",
                                                    max_tokens=4, temperature=0, logprobs=3)
     lp = resp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
@@ -89,14 +89,14 @@ def test_completion_logprobs(tiny_server):
                                                                    "properties": 5}}}),
      "response_format"),
 ])
-def test_bad_output_options_are_precise_400s(tiny_server, kwargs, param):
+def test_bad_output_options_are_precise_400s(tiny_app, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
-        tiny_server.client().chat.completions.create(model="tiny-chat", messages=MSG,
+        tiny_app.client().chat.completions.create(model="tiny-chat", messages=MSG,
                                                      max_tokens=3, **kwargs)
     assert err.value.body["param"] == param
 
 
-def test_completion_options_an_engine_lacks_are_refused(tiny_server):
+def test_completion_options_an_engine_lacks_are_refused(tiny_app):
     for kwargs, param in ((dict(suffix="end"), "suffix"),
                           (dict(max_tokens=0), "max_tokens"),  # scoring needs echo
                           (dict(logprobs=6), "logprobs"),
@@ -104,12 +104,12 @@ def test_completion_options_an_engine_lacks_are_refused(tiny_server):
                            "prompt_logprobs")):
         kwargs.setdefault("max_tokens", 2)
         with pytest.raises(openai.BadRequestError) as err:
-            tiny_server.client().completions.create(model="tiny-chat", prompt="a", **kwargs)
+            tiny_app.client().completions.create(model="tiny-chat", prompt="a", **kwargs)
         assert err.value.body["param"] == param
 
 
-def test_json_object_and_schema_from_a_random_model(tiny_server):
-    client = tiny_server.client()
+def test_json_object_and_schema_from_a_random_model(tiny_app):
+    client = tiny_app.client()
     resp = client.chat.completions.create(
         model="tiny-chat", messages=MSG, max_tokens=200, temperature=1.0, seed=1,
         response_format={"type": "json_schema", "json_schema": {"name": "r", "strict": True,
@@ -136,32 +136,27 @@ def test_sdk_parse_with_a_pydantic_model(smollm_server):
     assert isinstance(weather, Weather) and weather.sky in ("sunny", "cloudy", "rainy")
 
 
-def test_tokenize_detokenize_and_unprefixed_routes(tiny_server):
-    import requests
-
-    url = tiny_server.url
-    tok = requests.post(f"{url}/tokenize", json={"model": "tiny-chat", "prompt": "hello"}).json()
+def test_tokenize_detokenize_and_unprefixed_routes(tiny_app):
+    post = tiny_app.http.post
+    tok = post("/tokenize", json={"model": "tiny-chat", "prompt": "hello"}).get_json()
     assert tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] > 0
-    back = requests.post(f"{url}/detokenize", json={"model": "tiny-chat",
-                                                    "tokens": tok["tokens"]}).json()
+    back = post("/detokenize", json={"model": "tiny-chat", "tokens": tok["tokens"]}).get_json()
     assert back["prompt"] == "hello"
-    chat = requests.post(f"{url}/tokenize", json={"model": "tiny-chat", "messages": MSG}).json()
-    rendered = requests.post(f"{url}/detokenize", json={"model": "tiny-chat",
-                                                        "tokens": chat["tokens"]}).json()
+    chat = post("/tokenize", json={"model": "tiny-chat", "messages": MSG}).get_json()
+    rendered = post("/detokenize", json={"model": "tiny-chat",
+                                         "tokens": chat["tokens"]}).get_json()
     assert rendered["prompt"] == "user\nSay something.\nassistant\n"  # special tokens unshown
-    bad = requests.post(f"{url}/detokenize", json={"model": "tiny-chat", "tokens": [10**7]})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
-    r = requests.post(f"{url}/chat/completions",
-                      json={"model": "tiny-chat", "messages": MSG, "max_tokens": 2})
-    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
-    r = requests.post(f"{url}/completions", json={"model": "tiny-chat", "prompt": "a",
-                                                  "max_tokens": 2})
-    assert r.status_code == 200 and r.json()["object"] == "text_completion"
+    bad = post("/detokenize", json={"model": "tiny-chat", "tokens": [10**7]})
+    assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "tokens"
+    r = post("/chat/completions", json={"model": "tiny-chat", "messages": MSG, "max_tokens": 2})
+    assert r.status_code == 200 and r.get_json()["object"] == "chat.completion"
+    r = post("/completions", json={"model": "tiny-chat", "prompt": "a", "max_tokens": 2})
+    assert r.status_code == 200 and r.get_json()["object"] == "text_completion"
 
 
-def test_token_ids_outside_the_vocabulary_are_a_400_not_a_failed_batch(tiny_server):
+def test_token_ids_outside_the_vocabulary_are_a_400_not_a_failed_batch(tiny_app):
     with pytest.raises(openai.BadRequestError) as err:
-        tiny_server.client().completions.create(model="tiny-chat", prompt=[1, 2, 10**6],
+        tiny_app.client().completions.create(model="tiny-chat", prompt=[1, 2, 10**6],
                                                 max_tokens=2)
     assert err.value.body["param"] == "prompt"
 

@@ -2,13 +2,9 @@
 gunicorn + gevent servers with the tiny model."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import threading
-import time
-from urllib.parse import urlparse
 
 import openai
 import pytest
@@ -16,6 +12,7 @@ import requests
 
 from src.core.fair_queue import FairQueue
 from tests.conftest import start_server, stop_server
+from tests.helpers import CHAT, auth, raw_post, wait_until
 
 USER_KEYS = ["user-key-one", "user-key-two"]
 FILE_KEY, ADMIN_KEY = "file-key-one", "admin-key-xyz"
@@ -25,23 +22,6 @@ ADMIN_ROUTES = {("post", "/v1/models/load"), ("delete", "/v1/models/{model_id}/u
                 ("delete", "/v1/models/{model_id}"), ("get", "/v1/logs/recent"),
                 ("delete", "/api/delete"), ("post", "/v1/models/pull"),
                 ("delete", "/v1/models/pull/{model_id}")}
-CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-def raw_request(server, path: str, body: dict, headers: dict[str, str]) -> socket.socket:
-    """A POST sent on a socket of its own, not waited for."""
-    url = urlparse(server.url)
-    payload = json.dumps(body).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: "
-                 f"application/json\r\nContent-Length: {len(payload)}\r\n{head}\r\n"
-                 .encode() + payload)
-    return sock
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def assert_error(resp: requests.Response, status: int, code: str) -> dict:
@@ -161,14 +141,9 @@ def test_sighup_rereads_the_keys_file(guarded, keys_file):
     new_key = "file-key-two"
     keys_file.write_text(f"{new_key}\n")
     os.kill(guarded.process.pid, signal.SIGHUP)  # run.py exec'd the gunicorn master
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if requests.get(f"{guarded.base_url}/models", headers=auth(new_key),
-                        timeout=10).status_code == 200:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the new key was not accepted after SIGHUP")
+    wait_until(lambda: requests.get(f"{guarded.base_url}/models", headers=auth(new_key),
+                                    timeout=10).status_code == 200, 10,
+               "the new key accepted after SIGHUP")
     assert_error(requests.get(f"{guarded.base_url}/models", headers=auth(FILE_KEY), timeout=10),
                  401, "invalid_api_key")
     # the worker was not restarted: the model stayed loaded, the inline keys still work
@@ -303,16 +278,14 @@ def test_a_flooding_key_cannot_starve_another(narrow):
         return status["runtime"]["requests_waiting"]
 
     def wait_until_waiting(count: int) -> None:
-        deadline = time.monotonic() + 30
-        while waiting() < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: waiting() >= count, 30, f"{count} requests waiting")
         assert waiting() == count
 
     running = requests.post(url, json=long, headers=greedy, stream=True, timeout=60)
     lines = running.iter_lines()  # kept: a dropped iterator closes the connection
     next(line for line in lines if line.startswith(b"data: "))
     # sockets, so that the test can hang up on them while they wait
-    queued = [raw_request(narrow, "/v1/completions", long, greedy) for _ in range(4)]
+    queued = [raw_post(narrow.url, "/v1/completions", long, greedy) for _ in range(4)]
     modest: list[requests.Response] = []
     asking = threading.Thread(target=lambda: modest.append(requests.post(
         url, headers=auth("modest-key"), timeout=30,  # behind a greedy one: minutes

@@ -3,7 +3,6 @@ server and the scripted models (thinking, tools, NDJSON streams)."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 
 import ollama
@@ -11,6 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import needs_node, run_node_check
+from tests.helpers import wait_until
 from tests.scripted_model import THINK_ANSWER, THINK_REASONING
 
 ASK = [{"role": "user", "content": "What is 17 × 23?"}]
@@ -92,10 +92,7 @@ def _loaded(client) -> dict[str, str]:
 
 
 def _wait_gone(client, model: str) -> None:
-    deadline = time.monotonic() + 30
-    while model in _loaded(client) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert model not in _loaded(client)
+    wait_until(lambda: model not in _loaded(client), 30, f"{model} unloaded")
 
 
 def test_keep_alive_per_request(scripted_server, client):

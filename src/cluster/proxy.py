@@ -24,10 +24,10 @@ import urllib3
 from flask import Response
 
 from ..core.exceptions import BadGatewayError, ClientDisconnectedError, ServiceUnavailableError
-from ..core.load_balancer import LoadBalancer
-from ..utils.cluster_manager import Instance, http_pool
+from ..utils.client_connection import client_disconnected
 from ..utils.logger import logger
-from .client_connection import client_disconnected
+from .balancer import LoadBalancer
+from .instance import Instance, http_pool
 
 ATTEMPTS = 2  # the first instance, and one more
 CONNECT_TIMEOUT = 5.0
@@ -35,7 +35,7 @@ WATCH_INTERVAL = 0.2  # seconds between two looks at the client's socket
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "host",
                         "content-length"})
-_FAILURES = (urllib3.exceptions.HTTPError, OSError)
+FAILURES = (urllib3.exceptions.HTTPError, OSError)  # an instance that did not answer
 
 
 @dataclass
@@ -156,7 +156,7 @@ def forward(balancer: LoadBalancer, out: Outgoing, incoming: dict[str, str], req
                     cluster.report_failure(inst, f"answered {status}", take_out=True)
                 balancer.first_byte(inst, time.monotonic() - started)
                 kept = True
-            except _FAILURES as exc:
+            except FAILURES as exc:
                 reason = f"{exc.__class__.__name__} from {inst.url}"
                 cluster.report_failure(inst, reason, take_out=True)
                 logger.warning("Request failed at {} before its answer ({}); {}", inst.id,
@@ -227,7 +227,7 @@ class _Relay:
                     break
                 yield chunk
             self._complete = True
-        except _FAILURES as exc:
+        except FAILURES as exc:
             self._balancer.cluster.report_failure(
                 self._inst, f"stream cut: {exc.__class__.__name__}", take_out=True)
             logger.warning("Stream from {} cut ({}): ending it with an error event",
@@ -266,35 +266,3 @@ def _discard(upstream: Optional[urllib3.BaseHTTPResponse]) -> None:
     if upstream is not None:
         upstream.close()
         upstream.release_conn()
-
-
-@dataclass
-class Answer:
-    status: Optional[int]  # None: no answer (the error says why)
-    body: Any  # the JSON answer, or None
-    error: Optional[str] = None
-
-
-def call_each(instances: list[Instance], method: str, path: str, body: bytes,
-              incoming: dict[str, str], request_id: str, peer: Optional[str],
-              timeout: float) -> dict[str, Answer]:
-    """The same request to every instance at once (listing models, loading
-    one everywhere); each instance's JSON answer by its id."""
-    from concurrent.futures import ThreadPoolExecutor  # green threads under gevent
-
-    def call(inst: Instance) -> Answer:
-        try:
-            resp = http_pool.request(method, inst.url + path, body=body or None,
-                                 headers=instance_headers(inst, incoming, request_id, peer),
-                                 timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=timeout))
-        except _FAILURES as exc:
-            return Answer(None, None, f"{exc.__class__.__name__} from {inst.url}")
-        try:
-            return Answer(resp.status, json.loads(resp.data))
-        except ValueError:
-            return Answer(resp.status, None, f"{inst.id} answered {resp.status} without JSON")
-
-    if not instances:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(instances)) as pool:
-        return dict(zip((i.id for i in instances), pool.map(call, instances)))

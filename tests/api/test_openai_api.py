@@ -1,10 +1,10 @@
-"""The OpenAI API end to end: real Gunicorn + gevent server, the tiny model,
-the official openai SDK."""
+"""The OpenAI API's protocol: the tiny models through the service's own app
+in process (tests/in_process.py), with the official openai SDK and Flask's
+test client."""
 from __future__ import annotations
 
 import openai
 import pytest
-import requests
 
 CHAT = [{"role": "user", "content": "Say something."}]
 
@@ -15,8 +15,8 @@ def stream_chat(client, **kwargs):
     return chunks, text
 
 
-def test_list_and_retrieve_models(tiny_server):
-    client = tiny_server.client()
+def test_list_and_retrieve_models(tiny_app):
+    client = tiny_app.client()
     ids = [m.id for m in client.models.list().data]
     assert "tiny-chat" in ids and "tiny-base" in ids
     model = client.models.retrieve("tiny-chat")
@@ -26,8 +26,8 @@ def test_list_and_retrieve_models(tiny_server):
     assert err.value.body["code"] == "model_not_found"
 
 
-def test_chat_completion_shape_and_usage(tiny_server):
-    client = tiny_server.client()
+def test_chat_completion_shape_and_usage(tiny_app):
+    client = tiny_app.client()
     resp = client.chat.completions.create(model="tiny-chat", messages=CHAT, max_tokens=12,
                                           temperature=0)
     assert resp.object == "chat.completion"
@@ -45,8 +45,8 @@ def test_chat_completion_shape_and_usage(tiny_server):
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + 12
 
 
-def test_stream_equals_non_stream_at_temperature_zero(tiny_server):
-    client = tiny_server.client()
+def test_stream_equals_non_stream_at_temperature_zero(tiny_app):
+    client = tiny_app.client()
     args = dict(model="tiny-chat", messages=CHAT, max_tokens=40, temperature=0)
     full = client.chat.completions.create(**args).choices[0].message.content
     chunks, streamed = stream_chat(client, stream_options={"include_usage": True}, **args)
@@ -60,8 +60,8 @@ def test_stream_equals_non_stream_at_temperature_zero(tiny_server):
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_completions_stream_and_not(tiny_server):
-    client = tiny_server.client()
+def test_completions_stream_and_not(tiny_app):
+    client = tiny_app.client()
     args = dict(model="tiny-base", prompt="Once upon a mouse", max_tokens=20, temperature=0)
     resp = client.completions.create(**args)
     assert resp.object == "text_completion" and resp.choices[0].finish_reason == "length"
@@ -72,8 +72,8 @@ def test_completions_stream_and_not(tiny_server):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
-def test_completion_default_max_tokens_and_prompt_list(tiny_server):
-    client = tiny_server.client()
+def test_completion_default_max_tokens_and_prompt_list(tiny_app):
+    client = tiny_app.client()
     resp = client.completions.create(model="tiny-base", prompt=["ab", "cd"], temperature=0)
     assert [c.index for c in resp.choices] == [0, 1]
     assert resp.usage.completion_tokens == 32  # OpenAI's default of 16 each
@@ -81,14 +81,14 @@ def test_completion_default_max_tokens_and_prompt_list(tiny_server):
     assert single.choices[0].text == resp.choices[1].text
 
 
-def test_max_completion_tokens_alias(tiny_server):
-    resp = tiny_server.client().chat.completions.create(
+def test_max_completion_tokens_alias(tiny_app):
+    resp = tiny_app.client().chat.completions.create(
         model="tiny-chat", messages=CHAT, max_completion_tokens=7, temperature=0)
     assert resp.usage.completion_tokens == 7 and resp.choices[0].finish_reason == "length"
 
 
-def test_stop_strings_across_tokens(tiny_server):
-    client = tiny_server.client()
+def test_stop_strings_across_tokens(tiny_app):
+    client = tiny_app.client()
     args = dict(model="tiny-chat", messages=CHAT, temperature=0, max_tokens=60)
     full = client.chat.completions.create(**args).choices[0].message.content
     printable = [i for i in range(10, len(full) - 3) if full[i:i + 3].isprintable()
@@ -104,8 +104,8 @@ def test_stop_strings_across_tokens(tiny_server):
     assert streamed == full[:first]
 
 
-def test_seed_reproducible(tiny_server):
-    client = tiny_server.client()
+def test_seed_reproducible(tiny_app):
+    client = tiny_app.client()
     args = dict(model="tiny-chat", messages=CHAT, temperature=1.0, max_tokens=30, seed=42)
     one = client.chat.completions.create(**args).choices[0].message.content
     two = client.chat.completions.create(**args).choices[0].message.content
@@ -114,8 +114,8 @@ def test_seed_reproducible(tiny_server):
     assert one != other
 
 
-def test_chat_without_template_is_400_and_completion_works(tiny_server):
-    client = tiny_server.client()
+def test_chat_without_template_is_400_and_completion_works(tiny_app):
+    client = tiny_app.client()
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny-base", messages=CHAT, max_tokens=5)
     assert "chat template" in err.value.body["message"]
@@ -132,24 +132,24 @@ def test_chat_without_template_is_400_and_completion_works(tiny_server):
     ({"model": "tiny-chat", "messages": CHAT, "max_tokens": 100000}, 400,
      "maximum context length is 512 tokens"),
 ])
-def test_bad_requests_get_openai_errors(tiny_server, body, status, fragment):
-    r = requests.post(f"{tiny_server.base_url}/chat/completions", json=body, timeout=30)
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
+def test_bad_requests_get_openai_errors(tiny_app, body, status, fragment):
+    r = tiny_app.http.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.get_data(as_text=True)
+    error = r.get_json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert fragment in error["message"] or fragment == error["param"]
 
 
-def test_malformed_json_and_unknown_route(tiny_server):
-    r = requests.post(f"{tiny_server.base_url}/chat/completions", data="{not json",
-                      headers={"Content-Type": "application/json"}, timeout=30)
-    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
-    r = requests.get(f"{tiny_server.base_url}/nothing-here", timeout=30)
-    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+def test_malformed_json_and_unknown_route(tiny_app):
+    r = tiny_app.http.post("/v1/chat/completions", data="{not json",
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.get_json()["error"]["message"]
+    r = tiny_app.http.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.get_json()["error"]["type"] == "invalid_request_error"
 
 
-def test_context_length_error_names_both_numbers(tiny_server):
-    client = tiny_server.client()
+def test_context_length_error_names_both_numbers(tiny_app):
+    client = tiny_app.client()
     long_prompt = "x" * 600  # 600 byte tokens > 512
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny-base", prompt=long_prompt, max_tokens=5)
@@ -160,22 +160,22 @@ def test_context_length_error_names_both_numbers(tiny_server):
     assert client.completions.create(model="tiny-base", prompt="x", max_tokens=2).choices
 
 
-def test_unknown_fields_are_ignored(tiny_server):
-    r = requests.post(f"{tiny_server.base_url}/chat/completions", timeout=30, json={
+def test_unknown_fields_are_ignored(tiny_app):
+    r = tiny_app.http.post("/v1/chat/completions", json={
         "model": "tiny-chat", "messages": CHAT, "max_tokens": 3, "temperature": 0, "user": "u1",
         "some_future_field": {"a": 1}, "parallel_tool_calls": False})
-    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+    assert r.status_code == 200 and r.get_json()["usage"]["completion_tokens"] == 3
 
 
-def test_health_reports_ready(tiny_server):
-    r = requests.get(f"{tiny_server.url}/health", timeout=5)
+def test_health_reports_ready(tiny_app):
+    r = tiny_app.http.get("/health")
     assert r.status_code == 200
-    assert "tiny-chat" in r.json()["models_ready"]
+    assert "tiny-chat" in r.get_json()["models_ready"]
     assert r.headers.get("X-Request-ID")
 
 
-def test_prefix_cache_hits_are_reported(tiny_server):
-    client = tiny_server.client()
+def test_prefix_cache_hits_are_reported(tiny_app):
+    client = tiny_app.client()
     messages = [{"role": "system", "content": "A long shared system prompt " * 4},
                 {"role": "user", "content": "first question"}]
     first = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4,

@@ -1,12 +1,12 @@
 """/openapi.json and the server agree under schemathesis, every check on
-(tests/openapi_fuzz.py): no 5xx, every answer in its declared shape and
+(tests/api/openapi_fuzz.py): no 5xx, every answer in its declared shape and
 media type, schema-valid requests accepted and schema-violating ones
 refused, keys asked for where the spec says, Allow as documented. The
 routes that change state run against a server of their own, so that the
 first run always finds the same models."""
 from __future__ import annotations
 
-from tests import openapi_fuzz
+from tests.api import openapi_fuzz
 
 
 def test_every_route_agrees_with_the_spec():

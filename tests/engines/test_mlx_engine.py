@@ -4,7 +4,6 @@ caches cannot be batched. The served behaviour is in test_engine_behaviour."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from src.core.inference_engine import EngineOptions, GenerationRequest, Sampling
 pytest.importorskip("mlx_lm")
 
 from src.engines.mlx_engine import MLXEngine  # noqa: E402
+from tests.helpers import wait_until
 
 
 class OneAtATime(MLXEngine):
@@ -95,9 +95,7 @@ def test_an_abort_frees_the_batch_at_once(engine):
                                              max_tokens=900, ignore_eos=True))
     assert stream.poll(30)  # it is generating
     stream.close()
-    deadline = time.monotonic() + 10
-    while engine.status().requests_running:
-        assert time.monotonic() < deadline, "the aborted request kept running"
-        time.sleep(0.01)
+    wait_until(lambda: not engine.status().requests_running, 10,
+               "the aborted request stopped", interval=0.01)
     text, last = run(engine, "after", "next", max_tokens=5)
     assert last.usage.completion_tokens == 5
