@@ -22,13 +22,12 @@ from werkzeug.wrappers import Request
 
 from .. import __version__
 from . import errors, extensions as ext
-from .base_app import new_flask
+from .base_app import ModelIdConverter, new_flask
 from .spec import JSON, SSE_MEDIA, Events, is_public
 
-# a model id may hold slashes, but is not `load` and does not end the way the routes
-# about a model do
+# what the routes' converter takes as a model id (base_app.ModelIdConverter)
 PATH_PARAMETERS = {"model_id": {"type": "string", "minLength": 1,
-                                "pattern": "^(?!load$)(?!.*/(?:status|unload)$)[^\\u0000]+$"}}
+                                "pattern": f"^(?:{ModelIdConverter.regex})$"}}
 STATIC_ANSWER = {200: ("A file of the web console", ("*/*",))}
 
 

@@ -1,12 +1,12 @@
-"""The Responses API, the custom /generate protocol and Dify's requests, on
-the real server with the real clients."""
+"""The Responses API, the custom /generate protocol and Dify's requests: with
+SmolLM2 on the real server, with the tiny models in process
+(tests/in_process.py)."""
 from __future__ import annotations
 
 import json
 
 import openai
 import pytest
-import requests
 
 
 def test_responses_api_with_the_sdk(smollm_server):
@@ -40,50 +40,51 @@ def test_responses_api_stream_events(smollm_server):
     assert events[-1].response.usage.output_tokens == 6
 
 
-def test_responses_api_chains_only_to_stored_responses(tiny_server):
-    client = tiny_server.client()
+def test_responses_api_chains_only_to_stored_responses(tiny_app):
+    client = tiny_app.client()
     with pytest.raises(openai.NotFoundError) as err:
         client.responses.create(model="tiny-chat", input="hi", previous_response_id="resp_x")
     assert err.value.body["param"] == "previous_response_id"
 
 
-def test_generate_with_history(tiny_server):
-    url = f"{tiny_server.url}/generate"
+def test_generate_with_history(tiny_app):
+    post = tiny_app.http.post
     body = {"model": "tiny-chat", "prompt": "and now?", "system_info": "Be brief.",
             "history_input": ["hello"], "history_output": ["hi there"], "max_tokens": 6,
             "temperature": 0}
-    r = requests.post(url, json=body, timeout=60)
-    assert r.status_code == 200, r.text
-    answer = r.json()
+    r = post("/generate", json=body)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    answer = r.get_json()
     assert answer["object"] == "generation" and answer["usage"]["completion_tokens"] == 6
     # the same conversation as chat messages gives the same text
-    chat = tiny_server.client().chat.completions.create(
+    chat = tiny_app.client().chat.completions.create(
         model="tiny-chat", max_tokens=6, temperature=0,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
                   {"role": "assistant", "content": "hi there"},
                   {"role": "user", "content": "and now?"}])
     assert answer["text"] == chat.choices[0].message.content
-    streamed = requests.post(url, json={**body, "stream": True}, stream=True, timeout=60)
-    lines = [line for line in streamed.iter_lines() if line]
+    streamed = post("/generate", json={**body, "stream": True})
+    lines = [line for line in streamed.get_data().split(b"\n") if line]
     assert lines[-1] == b"data: [DONE]"
     text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "")
                    for line in lines[:-1] if line.startswith(b"data: {"))
     assert text == answer["text"]
-    bad = requests.post(url, json={**body, "history_output": []}, timeout=10)
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "history_output"
-    bad = requests.post(url, json={**body, "temperature": 9}, timeout=10)
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+    bad = post("/generate", json={**body, "history_output": []})
+    assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "history_output"
+    bad = post("/generate", json={**body, "temperature": 9})
+    assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "temperature"
 
 
-def test_difys_credential_check_and_stream_parser(tiny_server):
-    r = requests.post(f"{tiny_server.base_url}/chat/completions", timeout=60,
-                      json={"messages": [{"role": "user", "content": "ping"}], "max_tokens": 5})
-    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
-    assert r.json()["model"] == "tiny-chat"  # no model given: the default one
-    stream = requests.post(f"{tiny_server.base_url}/chat/completions", stream=True, timeout=60,
+def test_difys_credential_check_and_stream_parser(tiny_app):
+    r = tiny_app.http.post("/v1/chat/completions",
                            json={"messages": [{"role": "user", "content": "ping"}],
-                                 "max_tokens": 5, "stream": True})
-    raw = stream.content.decode()
+                                 "max_tokens": 5})
+    assert r.status_code == 200 and r.get_json()["object"] == "chat.completion"
+    assert r.get_json()["model"] == "tiny-chat"  # no model given: the default one
+    stream = tiny_app.http.post("/v1/chat/completions",
+                                json={"messages": [{"role": "user", "content": "ping"}],
+                                      "max_tokens": 5, "stream": True})
+    raw = stream.get_data(as_text=True)
     for block in raw.strip().split("\n\n"):  # Dify splits on blank lines
         assert block.startswith("data: ") or block.startswith(":")
         payload = block[6:]
@@ -92,8 +93,8 @@ def test_difys_credential_check_and_stream_parser(tiny_server):
     assert raw.rstrip().endswith("data: [DONE]")
 
 
-def test_openapi_describes_every_route(tiny_server):
-    doc = requests.get(f"{tiny_server.url}/openapi.json", timeout=10).json()
+def test_openapi_describes_every_route(tiny_app):
+    doc = tiny_app.http.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
                  "/v1/models", "/v1/models/{model_id}/unload", "/v1/models/load", "/generate",

@@ -22,21 +22,30 @@ from ...core.exceptions import ModelNotFoundError, ServiceUnavailableError
 from ...utils.metrics import ADDITIVE_FIGURES, system_figures
 from ...utils.names import ModelState
 from .. import extensions as ext
+from ..base_app import new_flask
 from ..middleware.auth import admin_only
+from ..openai import responses, routes as openai
 from ..request_parsing import read_body
 from ..openai.protocol import ModelList, ModelObject
 from ..schemas import ClusterHealth, DeletedModel, ModelInfo, SystemMetrics, SystemStatus
 from ..spec import public, responds
-from . import system
+from . import custom_protocol, system
 
 bp = Blueprint("load_balanced", __name__)
 
-# routes that one instance answers, named after the single service's endpoints
-RELAYED = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
-           "/completions": "completions_legacy", "/v1/embeddings": "embeddings",
-           "/embeddings": "embeddings_legacy", "/v1/responses": "create_response",
-           "/responses": "create_response_legacy", "/tokenize": "tokenize",
-           "/detokenize": "detokenize", "/generate": "generate"}
+# the faces whose requests one instance answers, with routes of their own here (for the
+# access log and /openapi.json); anything else goes to an instance through the catch-all
+RELAYED_FACES = (openai.bp, responses.bp, custom_protocol.bp)
+
+
+def relayed_routes() -> dict[str, str]:
+    """Path -> endpoint of the single service's POST routes in RELAYED_FACES,
+    read from those blueprints: a route added there is relayed by its name."""
+    bare = new_flask(__name__)
+    for blueprint in RELAYED_FACES:
+        bare.register_blueprint(blueprint)
+    return {rule.rule: rule.endpoint.replace(".", "_") for rule in bare.url_map.iter_rules()
+            if "POST" in (rule.methods or ()) and "<" not in rule.rule}
 
 
 def _read_timeout() -> float:
@@ -56,7 +65,7 @@ def relay(**path_args: Any):
 
 
 relay.relays = True  # type: ignore[attr-defined]  # /openapi.json: as the instances answer
-for _path, _name in RELAYED.items():
+for _path, _name in relayed_routes().items():
     bp.add_url_rule(_path, endpoint=_name, view_func=relay, methods=["POST"])
 bp.add_url_rule("/v1/models/<model_id:model_id>/status", endpoint="model_status", view_func=relay)
 bp.add_url_rule("/<path:path>", endpoint="other", view_func=relay,
