@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -105,6 +105,7 @@ class Server:
     url: str
     process: subprocess.Popen
     log_path: Path
+    clients: list = field(default_factory=list)  # closed at the stop (see stop_server)
 
     @property
     def base_url(self) -> str:
@@ -116,8 +117,10 @@ class Server:
     def client(self, **kwargs):
         from openai import OpenAI
 
-        return OpenAI(base_url=self.base_url, **{"api_key": "test-key", "max_retries": 0,
-                                                 **kwargs})
+        client = OpenAI(base_url=self.base_url, **{"api_key": "test-key", "max_retries": 0,
+                                                   **kwargs})
+        self.clients.append(client)
+        return client
 
 
 def start_server(tmp_path: Path, env: dict[str, str], mode: str = "prod",
@@ -158,7 +161,11 @@ UNCAUGHT = ("Traceback (most recent call last)", "> failed with ")
 def stop_server(server: Server) -> None:
     """SIGTERM to Gunicorn's master alone, as the systemd unit stops it
     (KillMode=mixed): the service shuts down its own children in order.
-    Whatever is left of its process group afterwards is killed."""
+    Whatever is left of its process group afterwards is killed. The SDK
+    clients it handed out close their idle connections first: Gunicorn waits
+    out a kept-alive connection (--keep-alive 5) before its worker exits."""
+    for client in server.clients:
+        client.close()
     if server.process.poll() is None:
         server.process.terminate()
         try:

@@ -118,8 +118,9 @@ def test_health_is_503_while_no_model_is_ready(tmp_path):
     bad.write_bytes(b"not a gguf file")
     server = start_server(tmp_path, {"DEFAULT_MODEL": str(bad)}, require_model=False)
     try:
-        r = wait_until(lambda: (lambda r: r.json()["model_errors"] and r)(
-            requests.get(f"{server.url}/health", timeout=5)), 60, "the load failed")
+        # a list, not the response: a 503 response is false
+        r = wait_until(lambda: [r for r in [requests.get(f"{server.url}/health", timeout=5)]
+                                if r.json()["model_errors"]], 60, "the load failed")[0]
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
         assert "broken" in r.json()["model_errors"]
         resp = requests.post(f"{server.base_url}/completions", timeout=30,
