@@ -97,12 +97,15 @@ def checks(client: openai.OpenAI, args: argparse.Namespace) -> dict[str, Callabl
         return "json_object and json_schema parse"
 
     def tools() -> str:
-        r = chat(model=tools_model, tools=[TOOL], tool_choice="required", max_tokens=80)
+        # greedy: a sampled call may run past max_tokens (the check would say nothing then)
+        r = chat(model=tools_model, tools=[TOOL], tool_choice="required", max_tokens=80,
+                 temperature=0)
         call = r.choices[0].message.tool_calls[0]
         assert r.choices[0].finish_reason == "tool_calls" and call.id
         json.loads(call.function.arguments)
         pieces = {}
         for chunk in chat(model=tools_model, tools=[TOOL], stream=True, max_tokens=80,
+                          temperature=0,
                           tool_choice={"type": "function", "function": {"name": "get_weather"}}):
             for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
                 pieces.setdefault(tc.index, "")
