@@ -31,6 +31,7 @@ from ..core.inference_engine import (EngineCapabilities, GenerationDelta,
                                      GenerationRequest, InferenceEngine, RequestStream,
                                      SamplingParams, Usage)
 from ..core.text_stream import IncrementalText
+from ..utils.names import Engine
 from .chat_template import ChatTemplate, render_or_refuse
 from .llamacpp_embeddings import LlamaCppEmbedder
 from .logprobs import first_entry, log_softmax, logprob_entry
@@ -114,7 +115,7 @@ class _Sequence:
 
 
 class LlamaCppEngine(InferenceEngine):
-    name = "llama_cpp"
+    name = Engine.LLAMA_CPP
     library = "llama.cpp"
 
     def __init__(self, model_id: str, options=None):

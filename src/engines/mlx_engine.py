@@ -33,6 +33,7 @@ from ..core.fair_queue import FairQueue, queue_full
 from ..core.inference_engine import (GenerationDelta, GenerationRequest, InferenceEngine,
                                      RequestStream, SamplingParams, Usage)
 from ..core.text_stream import StopMatcher
+from ..utils.names import Engine
 from .chat_template import ChatTemplate
 from .hf_text import HFText
 from .logprobs import first_entry, log_softmax, logprob_entry
@@ -63,7 +64,7 @@ class _Sequence:
 
 
 class MLXEngine(HFText, InferenceEngine):
-    name = "mlx"
+    name = Engine.MLX
     library = "MLX"
 
     def __init__(self, model_id: str, options=None):

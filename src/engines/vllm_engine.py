@@ -35,6 +35,7 @@ from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
 from ..core.fair_queue import admits, queue_full
 from ..core.inference_engine import (GenerationDelta, GenerationRequest,
                                      InferenceEngine, RequestStream, Usage)
+from ..utils.names import Engine
 from .chat_template import ChatTemplate
 from .hf_text import HFText
 
@@ -54,7 +55,7 @@ def _inspect_architectures(architectures: list[str]) -> None:
 
 
 class VLLMEngine(HFText, InferenceEngine):
-    name = "vllm"
+    name = Engine.VLLM
     library = "vLLM"
 
     def __init__(self, model_id: str, options=None):
