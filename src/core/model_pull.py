@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import urllib3
 from loguru import logger
 
+from ..utils.files import disk_size
 from .concurrency import allocate_native_lock, start_native_thread
 from .exceptions import ConflictError, InsufficientStorageError
 from .model_sources import PullPlan, RemoteFile
@@ -160,7 +161,7 @@ class PullManager:
         free = shutil.disk_usage(self.model_dir).free
         where = "free on its disk"
         if self._limit:
-            left = max(self._limit - _usage(self.model_dir), 0)
+            left = max(self._limit - disk_size(self.model_dir), 0)
             if left < free:
                 free, where = left, f"left under MODEL_STORAGE_LIMIT={_bytes(self._limit)}"
         staging = self._staging(plan.model_id)
@@ -320,23 +321,18 @@ def _matches(path: Path, remote: RemoteFile) -> bool:
         return False
     if remote.sha256:
         digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                digest.update(chunk)
+        _hash_file(path, digest)
         return digest.hexdigest() == remote.sha256
     return True
 
 
-def _hash_file(path: Path, digest, pull: Pull) -> None:
+def _hash_file(path: Path, digest, pull: Optional[Pull] = None) -> None:
+    """Feed the file to `digest`; stops when `pull` is cancelled."""
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
-            if pull.cancelled:
+            if pull is not None and pull.cancelled:
                 raise _Stopped("cancelled")
             digest.update(chunk)
-
-
-def _usage(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def _disk_error(exc: OSError) -> str:

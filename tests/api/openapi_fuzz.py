@@ -29,8 +29,8 @@ STATE_CHANGING = (r"^/v1/models/load$|/unload$|^/v1/models/\{model_id\}$|^/api/(
 
 # the read-only and generation routes in two halves, fuzzed at once against two servers
 # (each server decodes on one core): the generating routes of the OpenAI face, and the rest
-HALVES = (r"^/(v1/)?(chat/completions|completions|responses|embeddings)$|^/generate$",
-          r"^/(?!(v1/)?(chat/completions|completions|responses|embeddings)$|generate$)")
+GENERATING = r"(v1/)?(chat/completions|completions|responses|embeddings)$|generate$"
+HALVES = (f"^/({GENERATING})", f"^/(?!{GENERATING})")  # the generating routes, and the rest
 
 
 def schemathesis(url: str, *options: str, log: Optional[Path] = None) -> subprocess.Popen:
