@@ -17,20 +17,23 @@ else
 PLATFORM_REQS :=
 endif
 
-# llama-cpp-python builds from source: skip its multimodal part, use every core. On
-# x86-64 the build is portable (AVX2, no AVX-512 or AMX: ggml's AMX kernels fault on
-# virtual machines that report AMX, seen here). It is built once into .wheels/, which
-# both environments install from: pip's own wheel cache does not know build flags and
-# would hand back a build made for another CPU.
+# llama-cpp-python builds from source: skip its multimodal part, use every core, and
+# build for this machine's CPU, as ggml does by default and as llama-server is built
+# (AVX-512 where the CPU has it: prompts 25% faster than a portable AVX2 build on the
+# benchmark machine, docs/benchmarks.md), except AMX on x86-64: ggml's AMX kernels fault
+# on virtual machines that report AMX (seen here). It is built once into .wheels/, which
+# both environments install from: pip's own wheel cache knows neither build flags nor
+# CPUs and could hand back a build made for another machine; the stamp names both.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON
 ifeq ($(UNAME_M),x86_64)
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
-else
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
+CPU_ID := $(shell { grep -E '^(model name|flags)' /proc/cpuinfo 2>/dev/null | sort -u; \
+	sysctl -n machdep.cpu.brand_string 2>/dev/null; echo "$(CMAKE_ARGS) $(NO_AMX)"; } | cksum | cut -d' ' -f1)
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 LLAMA_CPP := $(shell grep -m1 '^llama-cpp-python==' requirements.txt)
 WHEELS := .wheels
-LLAMA_CPP_WHEEL := $(WHEELS)/.$(LLAMA_CPP)
+LLAMA_CPP_WHEEL := $(WHEELS)/.$(LLAMA_CPP)-$(CPU_ID)
 
 # vLLM's CPU build, in an environment of its own (torch alone is 1 GB): the
 # vLLM engine's tests run there. On a CUDA host requirements-linux.txt pins vllm.
@@ -47,8 +50,11 @@ run: install
 dev: install
 	$(PY) run.py --mode dev
 
+# the suite in two processes: most of its time is spent waiting on servers; each
+# module's tests stay in one process, with the servers they share
+TEST_WORKERS ?= 2
 test: install-dev install-browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) test-vllm
 
 # the engine-behaviour tests again, with vLLM's CPU build (Linux x86-64 only)
@@ -79,7 +85,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(LLAMA_CPP_WHEEL): | $(PY)
-	$(PIP) wheel --no-cache-dir --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
+	CFLAGS="$$CFLAGS $(NO_AMX)" CXXFLAGS="$$CXXFLAGS $(NO_AMX)" \
+	  $(PIP) wheel --no-cache-dir --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
 	touch $@
 
 $(VENV)/.installed: $(PY) requirements.txt requirements-models.txt $(PLATFORM_REQS) $(LLAMA_CPP_WHEEL)

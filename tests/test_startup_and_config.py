@@ -156,3 +156,15 @@ def test_multi_instance_keeps_several_models_unless_told_otherwise():
     chosen = Settings(inference_mode="Multi_Instance", max_concurrent_models=2)
     assert chosen.max_concurrent_models == 2
     assert Settings(inference_mode="single", max_concurrent_models=2).max_concurrent_models == 2
+
+
+def test_batch_size_and_context_default_to_auto_and_take_numbers():
+    from src.utils.config import Settings
+
+    assert (Settings().max_batch_size, Settings().context_size) == ("auto", "auto")
+    chosen = Settings(max_batch_size="8", context_size="0")  # as the environment gives them
+    assert (chosen.max_batch_size, chosen.context_size) == (8, 0)
+    assert Settings(max_batch_size=" AUTO ").max_batch_size == "auto"
+    for bad in ("0", "many", "-1"):
+        with pytest.raises(ValueError):
+            Settings(max_batch_size=bad)

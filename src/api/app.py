@@ -17,7 +17,7 @@ from ..core.model_manager import ModelManager
 from ..core.model_pull import PullManager
 from ..core.response_store import ResponseStore
 from ..engines.registry import engine_for_model, implemented_engines
-from ..utils.config import Settings, get_settings
+from ..utils.config import Settings, auto_is_none, get_settings
 from ..utils.logger import logger
 from ..utils.metrics import ServiceMetrics
 from ..utils.platform_detector import choose_engine, detect_platform
@@ -31,8 +31,8 @@ from .system_sampler import start_system_sampler
 
 
 def engine_options(settings: Settings) -> EngineOptions:
-    return EngineOptions(context_size=settings.context_size,
-                         parallel_sequences=settings.max_batch_size,
+    return EngineOptions(context_size=auto_is_none(settings.context_size),
+                         parallel_sequences=auto_is_none(settings.max_batch_size),
                          threads=settings.max_cpu_threads,
                          max_waiting=settings.max_concurrent_requests,
                          gpu_memory_fraction=settings.max_gpu_memory,

@@ -464,6 +464,7 @@ class Health(Answer):
     models_loading: list[str] = []
     model_errors: dict[str, Optional[str]] = {}
     default_model: Optional[str] = None
+    parallel_sequences: int = 0  # what the ready models decode at once, together
 
 
 class ClusterHealth(Answer):

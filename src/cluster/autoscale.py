@@ -27,7 +27,7 @@ class Autoscaler:
         if now - self._last_scaling < s.scale_cooldown or not serving:
             return target
         # requests beyond what an instance decodes at once are waiting in its queue
-        waiting = sum(max(0, i.active - s.max_batch_size) for i in serving)
+        waiting = sum(max(0, i.active - _decodes(i)) for i in serving)
         # the latency of instances at work now: an idle one's last figure is history
         latencies = [i.ewma_latency for i in serving if i.ewma_latency is not None and i.active]
         slow = s.scale_up_latency > 0 and latencies and \
@@ -38,8 +38,9 @@ class Autoscaler:
             cluster_log.info("Auto-scaling up to {} local instances ({} waiting{})", target + 1,
                              waiting, ", slow answers" if slow else "")
             return target + 1
+        # the others could take every request, whichever instance goes
         quiet = waiting == 0 and sum(i.active for i in serving) <= \
-            (len(serving) - 1) * s.max_batch_size
+            sum(sorted(map(_decodes, serving))[:-1])
         if not quiet or target <= s.min_instances:
             self._quiet_since = None
             return target
@@ -50,3 +51,8 @@ class Autoscaler:
         cluster_log.info("Auto-scaling down to {} local instances (quiet for {:.0f} s)",
                          target - 1, s.scale_down_after)
         return target - 1
+
+
+def _decodes(inst: Instance) -> int:
+    """Requests an instance decodes at once (one before it has said)."""
+    return max(inst.parallel_sequences, 1)

@@ -98,6 +98,8 @@ class HealthChecks:
             loading = isinstance(body, dict) and body.get("models_loading")
             if status != 200 and (status != 503 or loading or not isinstance(body, dict)):
                 return f"/health answered {status}"
+            figure = body.get("parallel_sequences") if isinstance(body, dict) else None
+            inst.parallel_sequences = figure if isinstance(figure, int) else 0
         status, body = self._get(inst, "/v1/models")
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
             return body if status is None else f"/v1/models answered {status}"

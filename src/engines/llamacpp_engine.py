@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import psutil
 from loguru import logger
 
 import llama_cpp as _lib
@@ -39,6 +40,7 @@ from .logprobs import first_entry, log_softmax, logprob_entry
 _LAX_JSON_CHAR = r'char ::= [^"\\] |'
 _STRICT_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 _backend_ready = False
+LLAMA_MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 _LOG_LEVELS = {3: "WARNING", 4: "ERROR"}  # ggml_log_level: 2 is INFO, 5 continues a line
 
 
@@ -168,10 +170,14 @@ class LlamaCppEngine(InferenceEngine):
         self.report_progress(0.9, "allocating the context")
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {path.name} (not a valid GGUF model?)")
-        n_ctx_train = _lib.llama_model_n_ctx_train(model)
-        per_seq = min(opts.context_size or n_ctx_train, n_ctx_train)
-        n_seq = opts.parallel_sequences
-        self._threads = opts.threads or _physical_cores()
+        plan = self._plan_batch(_lib.llama_model_n_ctx_train(model), _kv_bytes_per_token(model),
+                                psutil.virtual_memory().available)
+        per_seq, n_seq = plan.context, plan.sequences
+        if n_seq > LLAMA_MAX_SEQUENCES:
+            _lib.llama_model_free(model)
+            raise ModelLoadError(f"llama.cpp decodes at most {LLAMA_MAX_SEQUENCES} sequences "
+                                 f"at once; {n_seq} were asked for (MAX_BATCH_SIZE).")
+        self._threads = opts.threads or psutil.cpu_count(logical=False) or 1
         ctx_params = _lib.llama_context_default_params()
         ctx_params.n_ctx = per_seq * n_seq
         ctx_params.n_batch = ctx_params.n_ubatch = max(opts.batch_tokens, n_seq)
@@ -631,7 +637,19 @@ def _shared_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _physical_cores() -> int:
-    import psutil
+def _kv_bytes_per_token(model) -> int:
+    """What one token of one sequence takes in llama.cpp's f16 KV cache, every
+    layer counted (sliding-window layers too: their caches are full-size by default,
+    which keeps a finished request's prefix reusable)."""
+    def meta(key: str) -> Optional[int]:
+        buf = ctypes.create_string_buffer(64)
+        n = _lib.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+        return int(buf.value) if n > 0 and buf.value.isdigit() else None
 
-    return psutil.cpu_count(logical=False) or 1
+    arch = ctypes.create_string_buffer(64)
+    _lib.llama_model_meta_val_str(model, b"general.architecture", arch, len(arch))
+    prefix = arch.value.decode("utf-8", "replace")
+    head_dim = _lib.llama_model_n_embd(model) // max(_lib.llama_model_n_head(model), 1)
+    key = meta(f"{prefix}.attention.key_length") or head_dim
+    value = meta(f"{prefix}.attention.value_length") or head_dim
+    return _lib.llama_model_n_layer(model) * _lib.llama_model_n_head_kv(model) * (key + value) * 2

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+import psutil
 from loguru import logger
 
 from ..core.concurrency import NativeWakeup
@@ -111,28 +112,24 @@ class MLXEngine(HFText, InferenceEngine):
         self._tokenizer = tokenizer
         self._eos = frozenset(tokenizer.eos_token_ids)
         self._vocab_size = len(tokenizer.get_vocab())
-        self._context_length = self._model_context(self._model)
-        self._template = self._template_from(tokenizer, self.options)
         self._batchable = all(hasattr(c, "merge") for c in make_prompt_cache(self._model))
+        args = getattr(self._model, "args", None)
+        plan = self._plan_batch(getattr(args, "max_position_embeddings", None) or 4096,
+                                _kv_bytes_per_token(args), psutil.virtual_memory().available)
+        self._context_length = plan.context
         if not self._batchable:
             self.parallel_sequences = 1
+            self.batch_plan = "one request at a time: this model's caches cannot be batched"
+        self._template = self._template_from(tokenizer, self.options)
 
     def _load_summary(self) -> str:
-        batching = "continuous batching" if self._batchable else \
-            "one request at a time (its caches cannot be batched)"
-        return f"{batching}, chat template: {'yes' if self._template else 'no'}"
+        return f"chat template: {'yes' if self._template else 'no'}"
 
     def _wake(self) -> None:
         self._wakeup.notify()
 
     def _queue_lengths(self) -> tuple[int, int]:
         return len(self._active), len(self._pending)
-
-    def _model_context(self, model: Any) -> int:
-        args = getattr(model, "args", None)
-        trained = getattr(args, "max_position_embeddings", None) or 4096
-        wanted = self.options.context_size or trained
-        return min(wanted, trained)
 
     # generation ------------------------------------------------------------
     def _queue(self, request: GenerationRequest) -> RequestStream:
@@ -473,3 +470,13 @@ class MLXEngine(HFText, InferenceEngine):
                     entries.append(logprob_entry(self._piece, log_softmax(row), prompt[target],
                                                  top))
         return entries
+
+
+def _kv_bytes_per_token(args: Any) -> int:
+    """What one token of one sequence takes in a 16-bit KV cache, from the
+    model's configuration (0 where it does not say: the plan then uses the cap)."""
+    layers = getattr(args, "num_hidden_layers", None) or 0
+    heads = getattr(args, "num_attention_heads", None) or 1
+    kv_heads = getattr(args, "num_key_value_heads", None) or heads
+    head_dim = getattr(args, "head_dim", None) or (getattr(args, "hidden_size", 0) or 0) // heads
+    return layers * kv_heads * head_dim * 2 * 2

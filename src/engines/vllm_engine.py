@@ -29,12 +29,14 @@ from vllm.model_executor.models.registry import ModelRegistry
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from ..core.batch_plan import AUTO_CONTEXT
 from ..core.concurrency import HubRunner, allocate_native_lock
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
                                ServiceUnavailableError)
 from ..core.fair_queue import admits, queue_full
 from ..core.inference_engine import (GenerationDelta, GenerationRequest,
                                      InferenceEngine, RequestStream, Usage)
+from ..core.model_metadata import read_metadata
 from ..utils.names import Engine
 from .chat_template import ChatTemplate
 from .hf_text import HFText
@@ -154,7 +156,7 @@ class VLLMEngine(HFText, InferenceEngine):
         opts = self.options
         args = AsyncEngineArgs(
             model=self.path, tokenizer=self.path,
-            max_model_len=opts.context_size or None, max_num_seqs=opts.parallel_sequences,
+            max_model_len=self._wanted_context(), max_num_seqs=opts.parallel_sequences,
             gpu_memory_utilization=opts.gpu_memory_fraction, enable_prefix_caching=True,
             dtype=opts.dtype, quantization=opts.quantization,
             tensor_parallel_size=opts.tensor_parallel_size,
@@ -173,6 +175,7 @@ class VLLMEngine(HFText, InferenceEngine):
             self._tokenizer = self._llm.get_tokenizer()
             self._vocab_size = len(self._tokenizer.get_vocab())
             self._context_length = self._llm.model_config.max_model_len
+            self._report_batch(self._llm.vllm_config)
             self._template = self._template_from(self._tokenizer, opts)
         except Exception:
             logger.exception("vLLM could not load {}", self.model_id)
@@ -181,6 +184,25 @@ class VLLMEngine(HFText, InferenceEngine):
                 self._llm = None
             raise
         self._stop = asyncio.Event()
+
+    def _wanted_context(self) -> Optional[int]:
+        """max_model_len: the operator's, or where automatic the plan's
+        length capped by the model's own (None where unknown: vLLM's choice)."""
+        if self.options.context_size is not None:
+            return self.options.context_size or None
+        trained = (read_metadata(Path(self.path)) or {}).get("context_length")
+        return min(trained, AUTO_CONTEXT) if trained else None
+
+    def _report_batch(self, config: Any) -> None:
+        """vLLM sizes its own batch from the KV cache it profiled: say what it chose."""
+        n = config.scheduler_config.max_num_seqs
+        # known here when the engine core runs in this process
+        blocks = config.cache_config.num_gpu_blocks
+        self.parallel_sequences = n
+        sizes = f"{n} sequences x {self._context_length} tokens"
+        self.batch_plan = (f"set: {sizes}" if self.options.parallel_sequences else
+                           f"auto: {sizes} (vLLM's choice from its KV cache)") + \
+            (f", KV cache for {blocks * config.cache_config.block_size} tokens" if blocks else "")
 
     def _serve(self) -> None:
         loop = self._loop

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Optional, Union
+from typing import Annotated, Any, Literal, NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -18,6 +18,16 @@ from .names import Device, Engine, Strategy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MULTI_INSTANCE_MODELS = 3  # models resident at once in multi_instance mode, unless set
+
+# a size the engine chooses from the model and the memory at load time
+# (src/core/batch_plan.py), or the operator's number
+Sequences = Union[Literal["auto"], Annotated[int, Field(ge=1, le=1024)]]
+Context = Union[Literal["auto"], Annotated[int, Field(ge=0)]]  # 0: the model's training context
+
+
+def auto_is_none(value: Union[str, int, None]) -> Optional[int]:
+    """An automatic size as the engines take it: None."""
+    return None if value == "auto" else value
 
 
 class Settings(BaseModel):
@@ -56,8 +66,8 @@ class Settings(BaseModel):
     model_idle_timeout: float = Field(0.0, ge=0)  # seconds; 0: never unload idle models
     unload_drain_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests get to finish
     config_dir: Path = Path("./config")  # models.yaml / models.json: per-model settings
-    context_size: int = Field(4096, ge=0)  # per sequence; 0: the model's training context
-    max_batch_size: int = Field(4, ge=1)  # sequences decoded together per model
+    context_size: Context = "auto"  # tokens per sequence
+    max_batch_size: Sequences = "auto"  # sequences decoded together per model
     chat_template: Optional[str] = None  # jinja2 template for models without one
 
     # Pulling models (POST /v1/models/pull): off, so the server never contacts the network
@@ -120,7 +130,8 @@ class Settings(BaseModel):
             data = {**data, "max_concurrent_models": MULTI_INSTANCE_MODELS}
         return data
 
-    @field_validator("inference_engine", "device_type", mode="before")
+    @field_validator("inference_engine", "device_type", "context_size", "max_batch_size",
+                     mode="before")
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.strip().lower() if isinstance(value, str) else value

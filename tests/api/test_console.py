@@ -133,8 +133,15 @@ def test_models_are_loaded_and_unloaded_from_the_page(browser, server):
     assert page.text_content(f"{row} td:nth-child(4)") == "llama"  # read from the file
     page.click(f"{row} button.load")
     page.locator(f"{row} .state[data-state='ready']").wait_for(timeout=30_000)
-    assert requests.get(f"{server.url}/v1/models/tiny-base/status", timeout=5,
-                        headers={"Authorization": f"Bearer {USER}"}).json()["state"] == "ready"
+    status = requests.get(f"{server.url}/v1/models/tiny-base/status", timeout=5,
+                          headers={"Authorization": f"Bearer {USER}"}).json()
+    assert status["state"] == "ready"
+    # MAX_BATCH_SIZE left at auto: the sequences chosen at load, and how
+    runtime = status["runtime"]
+    assert runtime["batch_plan"].startswith(f"auto: {runtime['parallel_sequences']} sequences")
+    assert page.text_content(f"{row} td:nth-child(9)") == \
+        f"{runtime['parallel_sequences']} (auto)"
+    assert page.get_attribute(f"{row} td:nth-child(9)", "title") == runtime["batch_plan"]
     shot(page, "models-loaded")
     page.click(f"{row} button.unload")
     page.locator(f"{row} .state[data-state='unloaded']").wait_for(timeout=30_000)
@@ -166,7 +173,7 @@ def test_a_model_is_added_from_the_page_and_its_bar_reaches_100(browser, server)
     model = '#models-table tr[data-model="console-Q4_K_M"]'
     page.locator(f"{model} .state[data-state='unloaded']").wait_for(timeout=10_000)
     assert page.text_content(f"{model} td:nth-child(4)") == "llama"
-    assert "chat" in page.text_content(f"{model} td:nth-child(9)")
+    assert "chat" in page.text_content(f"{model} td:nth-child(10)")
     shot(page, "models-pulled")
     assert not errors
     page.context.close()

@@ -161,10 +161,13 @@ def test_models_yaml_settings_aliases_and_load_request_settings(base):
             assert lease.engine.context_length == 512
         with manager.acquire("renamed", 30) as lease:
             assert lease.engine.status().parallel_sequences == 3
+            assert lease.engine.status().batch_plan.startswith("set: 3 sequences")
+        # "auto" in a load request overrides the manager's number (2): planned at load
         info = manager.load("custom", model_path="tiny-a.gguf",
-                            settings=ModelSettings(context_size=512))
+                            settings=ModelSettings(context_size=512, max_batch_size="auto"))
         assert info["state"] == "ready" and info["source"] == "api"
         assert info["runtime"]["context_length"] == 512
+        assert info["runtime"]["batch_plan"].startswith("auto: 16 sequences x 512 tokens")
         with pytest.raises(ConflictError):  # new settings for a loaded model: unload first
             manager.load("custom", settings=ModelSettings(context_size=32))
         manager.unload("custom", forget=True)

@@ -8,6 +8,7 @@ import pytest
 from src.core.exceptions import ContextLengthExceededError, InvalidRequestError
 from src.core.inference_engine import EngineOptions, GenerationRequest, SamplingParams
 from src.engines.llamacpp_engine import LlamaCppEngine, _Slot, plan_slot
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,48 @@ def run(engine, tokens, **kwargs):
 def test_context_is_per_sequence(engine):
     assert engine.context_length == 256
     assert engine.status().parallel_sequences == 4
+    assert engine.status().batch_plan == "set: 4 sequences x 256 tokens"
+
+
+def test_sizes_left_automatic_are_planned_from_the_model(tiny_model, monkeypatch):
+    import src.core.batch_plan as batch_plan
+    from src.engines import llamacpp_engine
+
+    # 2 layers x 2 KV heads x (16 + 16) dimensions x 2 bytes (f16), read from the file
+    eng = LlamaCppEngine("tiny-auto", EngineOptions(threads=1))
+    eng.load(str(tiny_model))
+    try:
+        assert llamacpp_engine._kv_bytes_per_token(eng._model) == 256
+        assert eng.context_length == 2048  # the model's training context, below AUTO_CONTEXT
+        assert eng.status().parallel_sequences == batch_plan.AUTO_MAX_SEQUENCES
+        assert eng.status().batch_plan.startswith("auto: 16 sequences x 2048 tokens")
+        # all 16 decode at once: none waits
+        streams = [eng.submit(GenerationRequest(f"r{i}", [1, 2, 3], max_tokens=1500,
+                                                sampling=SamplingParams(temperature=0)))
+                   for i in range(16)]
+        wait_until(lambda: eng.status().requests_running == 16, what="16 running at once")
+        assert eng.status().requests_waiting == 0
+        for stream in streams:
+            stream.close()
+    finally:
+        eng.unload()
+    # memory for 3 sequences of 2048 tokens only
+    free = int(3.5 * 256 * 2048 / batch_plan.KV_MEMORY_SHARE)
+    monkeypatch.setattr(llamacpp_engine.psutil, "virtual_memory",
+                        lambda: type("Memory", (), {"available": free})())
+    eng = LlamaCppEngine("tiny-auto-small", EngineOptions(threads=1))
+    eng.load(str(tiny_model))
+    try:
+        assert eng.status().parallel_sequences == 3 and eng.context_length == 2048
+        assert _lib_n_seq_max(eng) == 3
+    finally:
+        eng.unload()
+
+
+def _lib_n_seq_max(eng) -> int:
+    import llama_cpp
+
+    return llama_cpp.llama_n_seq_max(eng._ctx)
 
 
 def test_max_tokens_exact_even_inside_a_multibyte_character(engine):

@@ -28,7 +28,8 @@ def health():
                                if state == ModelState.LOADING],
             "model_errors": {mid: err for mid, (state, err) in states.items()
                              if state == ModelState.ERROR},
-            "default_model": mgr.default_model_id}
+            "default_model": mgr.default_model_id,
+            "parallel_sequences": mgr.parallel_sequences()}
     return jsonify(body), 200 if ready else 503
 
 

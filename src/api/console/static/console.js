@@ -13,7 +13,7 @@ const TEXT = {
     "chart.tokens": "生成速度（token/s）", "chart.latency": "首 token 时间与延迟（毫秒）",
     "chart.requests": "进行中与等待的请求", "chart.system": "CPU、内存与 GPU 显存（%）",
     "models.id": "模型", "models.state": "状态", "models.engine": "引擎", "models.size": "大小",
-    "models.context": "上下文", "models.actions": "操作", "models.load": "加载", "models.unload": "卸载",
+    "models.context": "上下文", "models.batch": "并行序列", "models.actions": "操作", "models.load": "加载", "models.unload": "卸载",
     "models.arch": "架构", "models.params": "参数量", "models.quant": "量化", "models.caps": "能力",
     "pull.title": "添加模型", "pull.source": "来源", "pull.repo": "仓库", "pull.quant": "文件或量化",
     "pull.name": "名称（可选）", "pull.start": "下载", "pull.origin": "来源", "pull.progress": "进度",
@@ -45,7 +45,7 @@ const TEXT = {
     "chart.tokens": "Generation (tokens/s)", "chart.latency": "Time to first token and latency (ms)",
     "chart.requests": "Requests running and waiting", "chart.system": "CPU, memory and GPU memory (%)",
     "models.id": "Model", "models.state": "State", "models.engine": "Engine", "models.size": "Size",
-    "models.context": "Context", "models.actions": "Actions", "models.load": "Load", "models.unload": "Unload",
+    "models.context": "Context", "models.batch": "Sequences", "models.actions": "Actions", "models.load": "Load", "models.unload": "Unload",
     "models.arch": "Architecture", "models.params": "Parameters", "models.quant": "Quantization",
     "models.caps": "Capabilities", "pull.title": "Add a model", "pull.source": "Source", "pull.repo": "Repository",
     "pull.quant": "File or quantization", "pull.name": "Name (optional)", "pull.start": "Download",
@@ -289,16 +289,26 @@ async function loadModels() {
 function modelRow(m) {
   const row = document.createElement("tr");
   row.dataset.model = m.id;
-  const context = (m.runtime && m.runtime.context_length) || (m.settings && m.settings.context_size) || "–";
+  const runtime = m.runtime || {};
+  const context = runtime.context_length || (m.settings && m.settings.context_size) || "–";
+  // how many requests decode at once, and how that was chosen (auto or set)
+  const batch = runtime.parallel_sequences || (m.settings && m.settings.max_batch_size) || "–";
   const meta = m.metadata || {};
   const cells = [m.id, "", m.engine || "–", meta.architecture || "–", meta.parameter_size || "–",
-    meta.quantization || "–", formatSize(m.size_bytes), context, (meta.capabilities || []).join(", ") || "–",
-    ""].map((text) => {
+    meta.quantization || "–", formatSize(m.size_bytes), context, batch,
+    (meta.capabilities || []).join(", ") || "–", ""].map((text) => {
     const td = document.createElement("td");
     td.textContent = text;
     return td;
   });
   cells[1].append(stateLabel(m.state));
+  if (runtime.batch_plan) {  // "auto: 16 sequences x 4096 tokens, ..." or "set: ..."
+    cells[8].title = runtime.batch_plan;
+    const how = document.createElement("span");
+    how.className = "batch-plan";
+    how.textContent = ` (${runtime.batch_plan.split(":")[0]})`;
+    cells[8].append(how);
+  }
   if (m.state === "loading") {
     const bar = document.createElement("progress");
     bar.max = 1;
@@ -322,7 +332,7 @@ function modelRow(m) {
   unload.disabled = m.state !== "ready";
   unload.onclick = () => adminAction(api(`/v1/models/${encodeURIComponent(m.id)}/unload`, { method: "DELETE" }))
     .then(loadModels).catch(loadModels);
-  cells[9].append(load, " ", unload);
+  cells[10].append(load, " ", unload);
   row.append(...cells);
   return row;
 }
