@@ -51,6 +51,11 @@ def plan_batch(sequences: Optional[int], context: Optional[int], trained_context
                                  f"{_gib(n * context * per_token)} of KV cache ({bound})")
 
 
+def kv_bytes_per_token(layers: int, kv_heads: int, key_dim: int, value_dim: int) -> int:
+    """One token of one sequence in a 16-bit KV cache, every layer."""
+    return layers * kv_heads * (key_dim + value_dim) * 2
+
+
 def _sequences(n: int) -> str:
     return f"{n} sequence" if n == 1 else f"{n} sequences"
 

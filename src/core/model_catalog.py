@@ -58,8 +58,9 @@ def _gemma3_path() -> Path:
         # cluster's instances) never reads a file still being written
         part = target.with_name(f"{target.name}.{os.getpid()}.part")
         try:
-            module.assemble(output_path=part, overwrite=True)
+            module.assemble(output_path=part, overwrite=True)  # checks its hash
             os.replace(part, target)
+            return target
         finally:
             part.unlink(missing_ok=True)
     return Path(module.assemble())

@@ -24,6 +24,7 @@ from loguru import logger
 import llama_cpp as _lib
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from ..core.batch_plan import kv_bytes_per_token
 from ..core.concurrency import CrossThreadQueue, NativeWakeup
 from ..core.exceptions import (EngineError, InvalidRequestError, ModelLoadError,
                                RequestTimeoutError, ServiceError)
@@ -652,4 +653,5 @@ def _kv_bytes_per_token(model) -> int:
     head_dim = _lib.llama_model_n_embd(model) // max(_lib.llama_model_n_head(model), 1)
     key = meta(f"{prefix}.attention.key_length") or head_dim
     value = meta(f"{prefix}.attention.value_length") or head_dim
-    return _lib.llama_model_n_layer(model) * _lib.llama_model_n_head_kv(model) * (key + value) * 2
+    return kv_bytes_per_token(_lib.llama_model_n_layer(model), _lib.llama_model_n_head_kv(model),
+                              key, value)

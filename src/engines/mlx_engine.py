@@ -28,6 +28,7 @@ import numpy as np
 import psutil
 from loguru import logger
 
+from ..core.batch_plan import kv_bytes_per_token
 from ..core.concurrency import NativeWakeup
 from ..core.exceptions import EngineError, InvalidRequestError, ModelLoadError
 from ..core.fair_queue import FairQueue, queue_full
@@ -479,4 +480,4 @@ def _kv_bytes_per_token(args: Any) -> int:
     heads = getattr(args, "num_attention_heads", None) or 1
     kv_heads = getattr(args, "num_key_value_heads", None) or heads
     head_dim = getattr(args, "head_dim", None) or (getattr(args, "hidden_size", 0) or 0) // heads
-    return layers * kv_heads * head_dim * 2 * 2
+    return kv_bytes_per_token(layers, kv_heads, head_dim, head_dim)
