@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -52,40 +51,6 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(model_dir) -> Path:
     return model_dir / "tiny-chat.gguf"
-
-
-_WATCH_METRIC = """
-import select, sys
-import requests
-from prometheus_client.parser import text_string_to_metric_families
-url, model, name = sys.argv[1:4]
-most, first = 0.0, True
-while not select.select([sys.stdin], [], [], 0.005)[0]:  # until the test closes stdin
-    families = text_string_to_metric_families(requests.get(url, timeout=10).text)
-    most = max([most] + [s.value for f in families for s in f.samples
-                         if s.name == name and s.labels.get("model") == model])
-    if first:
-        print("watching", flush=True)
-        first = False
-print(most)
-"""
-
-
-@contextmanager
-def watch_metric(server, model: str, sample: str) -> Iterator[dict[str, float]]:
-    """The largest value a /metrics sample of `model` takes while the block
-    runs (as "most"), read from a process of its own: the test's own client
-    threads, busy with streams, would starve a watcher thread of the GIL."""
-    watcher = subprocess.Popen([sys.executable, "-c", _WATCH_METRIC, f"{server.url}/metrics",
-                                model, sample], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True)
-    seen: dict[str, float] = {}
-    try:
-        assert watcher.stdout is not None and watcher.stdout.readline() == "watching\n"
-        yield seen
-    finally:
-        out, _ = watcher.communicate("", timeout=60)
-        seen["most"] = float(out.strip() or 0.0)
 
 
 def free_port() -> int:

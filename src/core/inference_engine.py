@@ -136,6 +136,7 @@ class EngineStatus:
     requests_waiting: int = 0
     memory_bytes: int = 0
     tokens_generated: int = 0
+    tokens_batched: int = 0  # generated in steps shared with other requests
     tokens_per_second: float = 0.0
     loaded_at: Optional[float] = None
 
@@ -221,6 +222,7 @@ class InferenceEngine(ABC):
         self.parallel_sequences = self.options.parallel_sequences or 0
         self.batch_plan = ""
         self.tokens_generated = 0
+        self.tokens_batched = 0  # of those, made in a step shared with other requests
         # set by `_open`: requests are checked against them
         self._context_length = 0
         self._vocab_size = 0
@@ -331,6 +333,7 @@ class InferenceEngine(ABC):
             batch_plan=self.batch_plan,
             requests_running=running, requests_waiting=waiting,
             memory_bytes=self._memory_bytes(), tokens_generated=self.tokens_generated,
+            tokens_batched=self.tokens_batched,
             tokens_per_second=self.tokens_per_second, loaded_at=self.loaded_at)
 
     @abstractmethod
@@ -344,9 +347,12 @@ class InferenceEngine(ABC):
         """What the load log line adds (threads, chat template, ...)."""
         return ""
 
-    def _count_tokens(self, produced: int) -> None:
-        """`produced` tokens came out of one step (any thread)."""
+    def _count_tokens(self, produced: int, sequences: Optional[int] = None) -> None:
+        """`produced` tokens came out of one step (any thread) that decoded
+        `sequences` requests (by default: the requests running now)."""
         self.tokens_generated += produced
+        if (sequences if sequences is not None else self._queue_lengths()[0]) > 1:
+            self.tokens_batched += produced
         self._recent.append((time.monotonic(), produced))
 
     @property

@@ -450,7 +450,7 @@ class LlamaCppEngine(InferenceEngine):
                     logprobs = self._logprobs(seq.logits_index, token, seq.request.logprobs)
                 self._accept(seq, token, logprobs)
                 produced += 1
-        self._count_tokens(produced)
+        self._count_tokens(produced, sequences=produced)
 
     def _accept(self, seq: _Sequence, token: int, logprobs: Optional[dict[str, Any]]) -> None:
         seq.generated.append(token)

@@ -25,7 +25,7 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
 _TPOT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1)
 
 # snapshot() returns one dict per known model: id, state, load_seconds,
-# requests_running, requests_waiting, tokens_per_second
+# requests_running, requests_waiting, tokens_per_second, tokens_batched
 Snapshot = Callable[[], list[dict[str, Any]]]
 
 
@@ -33,7 +33,7 @@ class _ModelCollector(Collector):
     def __init__(self, snapshot: Snapshot):
         self._snapshot = snapshot
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Any]:
         models = self._snapshot()
         state = GaugeMetricFamily(f"{PREFIX}_model_state", "1 for the state each model is in",
                                   labels=["model", "state"])
@@ -45,6 +45,9 @@ class _ModelCollector(Collector):
                                  "Seconds the last load of each model took", labels=["model"])
         rate = GaugeMetricFamily(f"{PREFIX}_generation_tokens_per_second",
                                  "Recent output tokens per second", labels=["model"])
+        batched = CounterMetricFamily(f"{PREFIX}_generation_tokens_batched",
+                                      "Output tokens generated in a step shared with other "
+                                      "requests (continuous batching)", labels=["model"])
         for m in models:
             for s in MODEL_STATES:
                 state.add_metric([m["id"], s], 1.0 if m["state"] == s else 0.0)
@@ -52,9 +55,10 @@ class _ModelCollector(Collector):
                 running.add_metric([m["id"]], m.get("requests_running", 0))
                 waiting.add_metric([m["id"]], m.get("requests_waiting", 0))
                 rate.add_metric([m["id"]], m.get("tokens_per_second", 0.0))
+                batched.add_metric([m["id"]], m.get("tokens_batched", 0))
             if m.get("load_seconds") is not None:
                 load.add_metric([m["id"]], m["load_seconds"])
-        return [state, running, waiting, load, rate]
+        return [state, running, waiting, load, rate, batched]
 
 
 class _InstanceCollector(Collector):
